@@ -1,0 +1,108 @@
+"""Event contracts: one versioned pydantic model per topic, serialized as JSON.
+
+The JSON Schema of each model is published under ``docs/schemas/`` (regenerate with
+``ispstream schemas``) so other systems can consume the topics. A consumer must accept
+unknown fields (forward compatibility) and reject a different major ``v``.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+AcctStatus = Literal["Start", "Interim-Update", "Stop", "Accounting-On", "Accounting-Off"]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class AcctEvent(_Event):
+    """One RADIUS Accounting-Request as the collector received it (topic ``radius.acct``).
+
+    Counters are passed through raw (octets and gigawords separately); the usage flow
+    computes 64-bit totals. ``received_at`` is the collector's clock when the packet
+    arrived; event time is derived downstream from ``event_timestamp`` or
+    ``received_at - delay_time``.
+    """
+
+    v: Literal[1] = 1
+    tenant_id: str
+    nas_id: str = Field(description="inventory name of the NAS the packet came from")
+    nas_ip: str = Field(description="source IP address the packet came from")
+    status: AcctStatus
+    session_id: str = Field(description="Acct-Session-Id")
+    username: str | None = None
+    received_at: float = Field(description="unix seconds, collector clock")
+    event_timestamp: int | None = Field(default=None, description="Event-Timestamp, unix s")
+    delay_time: int = Field(default=0, ge=0, description="Acct-Delay-Time, seconds")
+    input_octets: int | None = Field(default=None, ge=0, lt=2**32)
+    input_gigawords: int | None = Field(default=None, ge=0, lt=2**32)
+    output_octets: int | None = Field(default=None, ge=0, lt=2**32)
+    output_gigawords: int | None = Field(default=None, ge=0, lt=2**32)
+    input_packets: int | None = None
+    output_packets: int | None = None
+    session_time: int | None = None
+    interim_interval: int | None = Field(default=None, description="Acct-Interim-Interval")
+    terminate_cause: str | None = None
+    framed_ip: str | None = None
+    nas_identifier: str | None = None
+    nas_port_id: str | None = None
+    calling_station_id: str | None = None
+
+    def key(self) -> str:
+        """Kafka key: ``tenant/nas/acct-session-id`` keeps one session's records in order."""
+        return f"{self.tenant_id}/{self.nas_id}/{self.session_id}"
+
+
+class RatedUsage(_Event):
+    """One rated piece of a session's usage (topic ``usage.rated``, keyed by subscriber).
+
+    A counter delta is split into pieces at tariff edges (off-peak windows, cycle start);
+    ``(tenant_id, record_id, piece)`` identifies a piece for ever, so replays upsert the
+    same rows. ``charge`` is exact (not rounded); rounding happens once per invoice line.
+    """
+
+    v: Literal[1] = 1
+    tenant_id: str
+    username: str
+    nas_id: str
+    session_id: str
+    record_id: str
+    piece: int
+    ts_start: int = Field(description="unix s, start of the piece's time span")
+    ts: int = Field(description="unix s, end of the piece's time span (the row's time)")
+    plan_id: str | None
+    cycle_start: str = Field(description="ISO date the billing cycle started")
+    upload_bytes: int
+    download_bytes: int
+    billable_bytes: int
+    zero_rated_bytes: int
+    over_quota_bytes: int
+    charge: Decimal
+    currency: str
+    rate_multiplier: Decimal
+    flags: list[str] = Field(default_factory=list)
+
+
+class DeadLetter(_Event):
+    """A record that could not be processed (topic ``deadletter``), with the reason."""
+
+    v: Literal[1] = 1
+    source_topic: str
+    partition: int | None = None
+    offset: int | None = None
+    key: str | None = None
+    value: str = Field(description="the original bytes, decoded as UTF-8 with replacement")
+    reason: str
+    stage: str = Field(description="the process and step that rejected it")
+    at: float
+
+
+SCHEMAS: dict[str, type[BaseModel]] = {
+    "radius.acct": AcctEvent,
+    "usage.rated": RatedUsage,
+    "deadletter": DeadLetter,
+}

@@ -1,0 +1,7 @@
+"""Kafka topic names. One place; every producer and consumer imports from here."""
+
+RADIUS_ACCT = "radius.acct"
+USAGE_RATED = "usage.rated"
+DEADLETTER = "deadletter"
+
+ALL_TOPICS = (RADIUS_ACCT, USAGE_RATED, DEADLETTER)
