@@ -32,7 +32,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     broker = EmbeddedBroker()
-    broker.create_topics(topics.ALL_TOPICS, settings.topic_partitions)
+    broker.create_topics([settings.topic(t) for t in topics.ALL_TOPICS],
+                         settings.topic_partitions)
     print(f"bootstrap={broker.bootstrap}", flush=True)
     log.warning(
         "embedded broker: data is kept in memory only, with bounded retention "

@@ -38,7 +38,9 @@ class Settings(BaseSettings):
         default_factory=dict, description="extra librdkafka properties (JSON), e.g. SASL"
     )
 
-    # topics and their partition counts (used when ispstream creates them)
+    # topics: an optional prefix (e.g. per environment) and the partition count used
+    # when ispstream creates them
+    topic_prefix: str = ""
     topic_partitions: int = 4
 
     # RADIUS accounting collector
@@ -88,6 +90,10 @@ class Settings(BaseSettings):
     @property
     def collector_metrics_bind(self) -> tuple[str, int]:
         return _split_addr(self.collector_metrics_addr, "127.0.0.1")
+
+    def topic(self, name: str) -> str:
+        """The full name of topic ``name`` (see ``ispstream.topics``) with the prefix."""
+        return f"{self.topic_prefix}{name}"
 
     def dsn(self) -> str:
         """The database URL as a plain string (for the DB driver only; never log it)."""
