@@ -1,0 +1,1 @@
+"""Bytewax dataflows and the database sinks they write to."""

@@ -1,0 +1,108 @@
+"""The inventory as the usage flow sees it: tenant, plan and anchor day per subscriber.
+
+Loaded from PostgreSQL and refreshed incrementally (rows whose ``updated_at`` moved), so
+plan and subscriber changes apply without restarting the flow. Rating itself stays pure:
+the flow looks up a ``Tariff`` here and hands it to ``rating``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from datetime import datetime, time as dtime
+from decimal import Decimal
+
+from ispstream.db import connect
+from rating.tariff import OffPeakWindow, Plan, Tariff
+
+log = logging.getLogger(__name__)
+
+# Rows changed less than this long before the last refresh are read again, so a
+# transaction that committed late with an older updated_at is not missed.
+_SLACK_S = 30.0
+
+
+def _parse_hhmm(s: str) -> dtime:
+    return dtime(0) if s == "24:00" else datetime.strptime(s, "%H:%M").time()
+
+
+def plan_from_row(row: tuple) -> Plan:
+    """Build a ``Plan`` from a ``plans`` row (tenant_id, id, fee, quota, counts, overage,
+    throttle, off_peak)."""
+    tenant_id, plan_id, fee, quota, counts, overage, throttle, off_peak = row
+    windows = json.loads(off_peak) if isinstance(off_peak, str) else (off_peak or [])
+    return Plan(
+        tenant_id=tenant_id,
+        plan_id=plan_id,
+        monthly_fee=Decimal(fee),
+        quota_bytes=quota,
+        quota_counts=counts,
+        overage_per_gb=None if overage is None else Decimal(overage),
+        throttle_rate=throttle,
+        off_peak=tuple(
+            OffPeakWindow(_parse_hhmm(w["from"]), _parse_hhmm(w["to"]), Decimal(str(w["rate"])))
+            for w in windows
+        ),
+    )
+
+
+class Catalog:
+    """Thread-safe, incrementally refreshed view of tenants, plans and subscribers."""
+
+    def __init__(self, dsn: str, refresh_s: float = 5.0) -> None:
+        self._dsn = dsn
+        self._refresh_s = refresh_s
+        self._lock = threading.Lock()
+        self._tenants: dict[str, tuple[str, str]] = {}
+        self._plans: dict[tuple[str, str], Plan] = {}
+        self._subs: dict[tuple[str, str], tuple[str, int]] = {}
+        self._since: datetime | None = None
+        self._next_refresh = 0.0
+
+    def refresh(self) -> None:
+        """Read rows changed since the last refresh (everything the first time)."""
+        with connect(self._dsn, autocommit=True) as conn:
+            now = conn.execute("SELECT now()").fetchone()[0]
+            since = self._since
+            cond, args = ("", ()) if since is None else (
+                " WHERE updated_at >= %s - make_interval(secs => %s)", (since, _SLACK_S))
+            tenants = conn.execute("SELECT id, timezone, currency FROM tenants" + cond,
+                                   args).fetchall()
+            plans = conn.execute(
+                "SELECT tenant_id, id, monthly_fee, quota_bytes, quota_counts, "
+                "overage_per_gb, throttle_rate, off_peak FROM plans" + cond, args).fetchall()
+            subs = conn.execute(
+                "SELECT tenant_id, username, plan_id, cycle_anchor_day FROM subscribers"
+                + cond, args).fetchall()
+        with self._lock:
+            for tid, tz, cur in tenants:
+                self._tenants[tid] = (tz, cur.strip())
+            for row in plans:
+                self._plans[(row[0], row[1])] = plan_from_row(row)
+            for tid, user, plan_id, anchor in subs:
+                self._subs[(tid, user)] = (plan_id, anchor)
+            self._since = now
+        if tenants or plans or subs:
+            log.info("catalog refreshed: %d tenant(s), %d plan(s), %d subscriber(s) changed",
+                     len(tenants), len(plans), len(subs))
+
+    def maybe_refresh(self) -> None:
+        """Refresh when the refresh interval has passed (cheap otherwise)."""
+        if time.monotonic() >= self._next_refresh:
+            self._next_refresh = time.monotonic() + self._refresh_s
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - keep rating with what we know; retry later
+                log.exception("catalog refresh failed; using the previous inventory")
+
+    def tariff(self, tenant_id: str, username: str | None) -> Tariff:
+        """Everything rating needs about one subscriber (plan None when unknown)."""
+        tz, currency = self._tenants.get(tenant_id, ("UTC", "XXX"))
+        sub = self._subs.get((tenant_id, username)) if username else None
+        if sub is None:
+            return Tariff(plan=None, timezone=tz, currency=currency, cycle_anchor_day=1)
+        plan_id, anchor = sub
+        return Tariff(plan=self._plans.get((tenant_id, plan_id)), timezone=tz,
+                      currency=currency, cycle_anchor_day=anchor)

@@ -1,0 +1,221 @@
+"""The usage dataflow: accounting events -> session deltas -> rated usage -> database.
+
+Run it with ``ispstream flow usage`` (recovery on), or build it in a test with
+``build_flow(settings, ...)`` and run it with ``bytewax.testing.run_main``.
+
+Shape of the stream, step by step::
+
+    radius.acct (Kafka)                      KafkaSourceMessage
+    -> parse                                 AcctRecord | DeadLetter
+    -> by_nas / sessions (state per NAS)     SessionDelta | SessionSnapshot
+    -> by_subscriber / rate (per subscriber) RatedPiece
+    -> usage_db (PostgreSQL)                 rated pieces + session snapshots, one txn/batch
+    -> usage.rated (Kafka)                   RatedUsage JSON, keyed tenant/username
+    -> deadletter (Kafka)                    DeadLetter JSON with the reason
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import timedelta
+from functools import partial
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
+from bytewax.connectors.kafka import operators as kop
+from bytewax.dataflow import Dataflow
+from bytewax.outputs import Sink
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from pydantic import ValidationError
+
+from ispstream import topics
+from ispstream.contracts import AcctEvent, DeadLetter
+from ispstream.settings import Settings
+from pipelines.catalog import Catalog
+from pipelines.sinks import UsageDbSink
+from rating.sessions import AcctRecord, NasState, SessionDelta, event_time, total
+from rating.tariff import RatedPiece, SubscriberUsage
+
+log = logging.getLogger(__name__)
+STAGE = "flow.usage"
+
+
+# --- pure step functions (unit-testable without Bytewax) ----------------------------
+
+def record_from_event(ev: AcctEvent) -> AcctRecord:
+    """Translate the collector's event into rating's input (64-bit totals, event time)."""
+    return AcctRecord(
+        tenant_id=ev.tenant_id,
+        nas_id=ev.nas_id,
+        session_id=ev.session_id,
+        status=ev.status,
+        username=ev.username,
+        event_time=event_time(ev.event_timestamp, ev.received_at, ev.delay_time),
+        upload=total(ev.input_octets, ev.input_gigawords),
+        download=total(ev.output_octets, ev.output_gigawords),
+        interim_interval=ev.interim_interval,
+        session_time=ev.session_time,
+        framed_ip=ev.framed_ip,
+        terminate_cause=ev.terminate_cause,
+    )
+
+
+def _dead_letter(topic: str, partition, offset, key, value, reason: str) -> DeadLetter:
+    return DeadLetter(
+        source_topic=topic,
+        partition=partition,
+        offset=offset,
+        key=key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
+        value=value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value),
+        reason=reason,
+        stage=STAGE,
+        at=time.time(),
+    )
+
+
+def parse_message(msg: KafkaSourceMessage) -> AcctRecord | DeadLetter:
+    """Validate one ``radius.acct`` message against the contract; bad ones become
+    dead letters carrying the reason."""
+    try:
+        if msg.value is None:
+            raise ValueError("empty message value")
+        return record_from_event(AcctEvent.model_validate_json(msg.value))
+    except (ValidationError, ValueError) as exc:
+        reason = exc.errors(include_url=False) if isinstance(exc, ValidationError) else str(exc)
+        return _dead_letter(msg.topic or "", msg.partition, msg.offset, msg.key, msg.value,
+                            f"invalid radius.acct record: {reason}")
+
+
+def kafka_error_letter(err) -> DeadLetter:
+    """A consumer error from the Kafka source, as a dead letter."""
+    m = err.msg
+    return _dead_letter(m.topic or "", m.partition, m.offset, m.key, m.value,
+                        f"kafka consumer error: {err.err}")
+
+
+def is_record(x) -> bool:
+    return isinstance(x, AcctRecord)
+
+
+def is_delta(x) -> bool:
+    return isinstance(x, SessionDelta)
+
+
+def nas_key(rec: AcctRecord) -> str:
+    return f"{rec.tenant_id}/{rec.nas_id}"
+
+
+def subscriber_key(delta: SessionDelta) -> str:
+    return f"{delta.tenant_id}/{delta.username or ''}"
+
+
+def track_sessions(cfg: dict, state: NasState | None, rec: AcctRecord):
+    """Per NAS: session state machine -> deltas and session snapshots."""
+    if state is None:
+        state = NasState(**cfg)
+    return state, state.apply(rec)
+
+
+def rate_delta(catalog: Catalog, state: SubscriberUsage | None, delta: SessionDelta):
+    """Per subscriber: rate one delta against the subscriber's current tariff."""
+    catalog.maybe_refresh()
+    if state is None:
+        state = SubscriberUsage()
+    return state, state.rate(delta, catalog.tariff(delta.tenant_id, delta.username))
+
+
+def value_of(kv):
+    return kv[1]
+
+
+def rated_message(p: RatedPiece) -> KafkaSinkMessage:
+    """A rated piece as a ``usage.rated`` message keyed by subscriber."""
+    body = {
+        "v": 1, "tenant_id": p.tenant_id, "username": p.username, "nas_id": p.nas_id,
+        "session_id": p.session_id, "record_id": p.record_id, "piece": p.piece,
+        "ts_start": p.ts_start, "ts": p.ts, "plan_id": p.plan_id,
+        "cycle_start": p.cycle_start.isoformat(), "upload_bytes": p.upload_bytes,
+        "download_bytes": p.download_bytes, "billable_bytes": p.billable_bytes,
+        "zero_rated_bytes": p.zero_rated_bytes, "over_quota_bytes": p.over_quota_bytes,
+        "charge": str(p.charge), "currency": p.currency,
+        "rate_multiplier": str(p.rate_multiplier), "flags": list(p.flags),
+    }
+    return KafkaSinkMessage(key=f"{p.tenant_id}/{p.username}".encode(),
+                            value=json.dumps(body, separators=(",", ":")).encode())
+
+
+def dead_letter_message(d: DeadLetter) -> KafkaSinkMessage:
+    return KafkaSinkMessage(key=(d.key or "").encode(), value=d.model_dump_json().encode())
+
+
+# --- the dataflow ---------------------------------------------------------------------
+
+def build_flow(
+    settings: Settings,
+    *,
+    catalog: Catalog | None = None,
+    db_sink: Sink | None = None,
+    tail: bool = True,
+) -> Dataflow:
+    """Build the usage dataflow from settings (tests may pass their own catalog/sink)."""
+    brokers = settings.require_kafka().split(",")
+    kcfg = dict(settings.kafka_config)
+    catalog = catalog or Catalog(settings.dsn(), settings.inventory_refresh_s)
+    catalog.refresh()
+    session_cfg = {"default_interim_interval": settings.default_interim_interval_s,
+                   "stale_factor": settings.stale_factor}
+
+    flow = Dataflow("usage")
+    inp = kop.input("acct_in", flow, brokers=brokers, topics=[settings.topic(topics.RADIUS_ACCT)],
+                    tail=tail, add_config=kcfg)
+    # KafkaSourceMessage (oks) | KafkaError (errs)
+    parsed = op.map("parse", inp.oks, parse_message)
+    # AcctRecord | DeadLetter
+    valid = op.branch("valid", parsed, is_record)
+    # trues: AcctRecord; falses: DeadLetter
+    consumer_errs = op.map("consumer_errors", inp.errs, kafka_error_letter)
+    dead = op.merge("dead", valid.falses, consumer_errs)
+    # DeadLetter
+    by_nas = op.key_on("by_nas", valid.trues, nas_key)
+    # (tenant/nas, AcctRecord)
+    session_out = op.stateful_flat_map("sessions", by_nas, partial(track_sessions, session_cfg))
+    # (tenant/nas, SessionDelta | SessionSnapshot)
+    split = op.branch("is_delta", op.map("unkey_sessions", session_out, value_of), is_delta)
+    # trues: SessionDelta; falses: SessionSnapshot
+    by_sub = op.key_on("by_subscriber", split.trues, subscriber_key)
+    # (tenant/username, SessionDelta)
+    rated = op.map("unkey_rated", op.stateful_flat_map("rate", by_sub,
+                                                       partial(rate_delta, catalog)), value_of)
+    # RatedPiece
+    to_db = op.merge("to_db", rated, split.falses)
+    # RatedPiece | SessionSnapshot
+    op.output("usage_db", to_db, db_sink or UsageDbSink(settings.dsn()))
+    kop.output("usage_rated_out", op.map("rated_json", rated, rated_message), brokers=brokers,
+               topic=settings.topic(topics.USAGE_RATED), add_config=kcfg)
+    kop.output("deadletter_out", op.map("dead_json", dead, dead_letter_message),
+               brokers=brokers, topic=settings.topic(topics.DEADLETTER), add_config=kcfg)
+    return flow
+
+
+def recovery_config(settings: Settings) -> RecoveryConfig:
+    """Recovery store for the flow, created on first use."""
+    rdir = settings.recovery_dir
+    if not rdir.exists() or not any(rdir.glob("part-*.sqlite3")):
+        rdir.mkdir(parents=True, exist_ok=True)
+        init_db_dir(rdir, settings.recovery_partitions)
+    return RecoveryConfig(rdir)
+
+
+def main(settings: Settings, workers: int = 1) -> int:
+    """Run the usage flow in this process with recovery (resumes where it stopped)."""
+    from bytewax._bytewax import cli_main
+
+    flow = build_flow(settings)
+    log.info("usage flow: %d worker(s), recovery in %s, snapshot every %.1fs",
+             workers, settings.recovery_dir, settings.snapshot_interval_s)
+    cli_main(flow, workers_per_process=workers,
+             epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
+             recovery_config=recovery_config(settings))
+    return 0
