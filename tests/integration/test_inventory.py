@@ -1,0 +1,239 @@
+"""Applying inventory files to a real PostgreSQL: exact values, idempotence, all or nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ispstream.inventory import InventoryError, apply_file
+
+pytestmark = pytest.mark.integration
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "inventory.yaml"
+
+SMALL = """\
+tenants:
+  - id: acme
+    timezone: Europe/Berlin
+    currency: EUR
+    plans:
+      - id: fiber-500
+        monthly_fee: "39.00"
+        quota_gb: 500
+        quota_counts: total
+        after_quota: {overage_per_gb: "1.50"}
+        off_peak: [{from: "00:00", to: "06:00", rate: "0"}, {from: "22:00", to: "02:00", rate: "0.5"}]
+      - id: lte-half
+        monthly_fee: 9.99
+        quota_gb: 0.5
+        quota_counts: download
+        after_quota: {throttle: "2M/2M"}
+      - id: unlimited
+        monthly_fee: "59"
+    nas:
+      - ip: 192.0.2.1
+        name: bng-1
+        secret: s1
+        vendor: mikrotik
+        coa_port: 3799
+        require_message_authenticator: true
+      - ip: 2001:db8::10
+        secret: s2
+    subscribers:
+      - {username: alice, plan: fiber-500, cycle_anchor_day: 15}
+      - {username: bob, plan: lte-half}
+      - {username: carol, plan: unlimited, cycle_anchor_day: 31}
+"""
+
+TABLES = {
+    "tenants": "id",
+    "plans": "tenant_id, id",
+    "nas": "tenant_id, id",
+    "subscribers": "tenant_id, username",
+}
+
+
+def write(tmp_path: Path, text: str, name: str = "inventory.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def snapshot(dsn: str) -> dict:
+    """Every inventory row with its row version (xmin) and updated_at."""
+    with psycopg.connect(dsn) as conn:
+        return {t: conn.execute(f"SELECT xmin::text, * FROM {t} ORDER BY {order}").fetchall()
+                for t, order in TABLES.items()}
+
+
+def audit_rows(dsn: str) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT tenant_id, action, target, detail FROM audit_log "
+                            "ORDER BY id").fetchall()
+
+
+def test_apply_stores_exact_values(pg_dsn, tmp_path):
+    summary = apply_file(pg_dsn, write(tmp_path, SMALL))
+    assert summary == ("tenants: 1, plans: 3, nas: 2, subscribers: 3 "
+                       "(upserted: 9 created, 0 updated, 0 unchanged)")
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT id, timezone, currency FROM tenants").fetchall() == [
+            ("acme", "Europe/Berlin", "EUR")]
+        plans = conn.execute(
+            "SELECT id, monthly_fee, quota_bytes, quota_counts, overage_per_gb, "
+            "throttle_rate, off_peak FROM plans ORDER BY id").fetchall()
+        assert plans == [
+            ("fiber-500", Decimal("39.00"), 500_000_000_000, "total", Decimal("1.50"), None,
+             [{"from": "00:00", "to": "06:00", "rate": "0"},
+              {"from": "22:00", "to": "02:00", "rate": "0.5"}]),
+            ("lte-half", Decimal("9.99"), 500_000_000, "download", None, "2M/2M", []),
+            ("unlimited", Decimal("59"), None, "total", None, None, []),
+        ]
+        nas = conn.execute(
+            "SELECT id, host(ip), secret, vendor, coa_port, require_message_authenticator "
+            "FROM nas ORDER BY id").fetchall()
+        assert nas == [("2001:db8::10", "2001:db8::10", "s2", "generic", 3799, False),
+                       ("bng-1", "192.0.2.1", "s1", "mikrotik", 3799, True)]
+        subs = conn.execute("SELECT username, plan_id, cycle_anchor_day FROM subscribers "
+                            "ORDER BY username").fetchall()
+        assert subs == [("alice", "fiber-500", 15), ("bob", "lte-half", 1),
+                        ("carol", "unlimited", 31)]
+    ((tenant, action, target, detail),) = audit_rows(pg_dsn)
+    assert (tenant, action, target) == ("acme", "inventory.apply", "inventory.yaml")
+    assert detail["subscribers"] == {"created": 3, "updated": 0, "unchanged": 0}
+
+
+def test_second_apply_changes_nothing(pg_dsn, tmp_path):
+    path = write(tmp_path, SMALL)
+    apply_file(pg_dsn, path)
+    before = snapshot(pg_dsn)
+    summary = apply_file(pg_dsn, path)
+    assert summary.endswith("(upserted: 0 created, 0 updated, 9 unchanged)")
+    assert snapshot(pg_dsn) == before  # same values, same updated_at, same row versions
+    second = audit_rows(pg_dsn)[-1]
+    assert second[3]["plans"] == {"created": 0, "updated": 0, "unchanged": 3}
+
+
+def test_only_changed_rows_are_updated(pg_dsn, tmp_path):
+    apply_file(pg_dsn, write(tmp_path, SMALL))
+    before = snapshot(pg_dsn)
+    changed = SMALL.replace('monthly_fee: "59"', 'monthly_fee: "64.50"').replace(
+        "{username: bob, plan: lte-half}", "{username: bob, plan: unlimited}")
+    summary = apply_file(pg_dsn, write(tmp_path, changed))
+    assert summary.endswith("(upserted: 0 created, 2 updated, 7 unchanged)")
+    after = snapshot(pg_dsn)
+    assert after["tenants"] == before["tenants"] and after["nas"] == before["nas"]
+    moved = {row[2] for old, row in zip(before["plans"], after["plans"]) if old != row}
+    assert moved == {"unlimited"}
+    moved = {row[2] for old, row in zip(before["subscribers"], after["subscribers"])
+             if old != row}
+    assert moved == {"bob"}
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT monthly_fee FROM plans WHERE id = 'unlimited'"
+                            ).fetchone() == (Decimal("64.50"),)
+
+
+def test_absent_items_are_kept(pg_dsn, tmp_path):
+    apply_file(pg_dsn, write(tmp_path, SMALL))
+    fewer = SMALL.replace("      - {username: carol, plan: unlimited, cycle_anchor_day: 31}\n",
+                          "")
+    apply_file(pg_dsn, write(tmp_path, fewer))
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM subscribers").fetchone() == (3,)
+
+
+def test_example_inventory_applies(pg_dsn):
+    summary = apply_file(pg_dsn, EXAMPLE)
+    assert summary.startswith("tenants: 1, plans: 3, nas: 1, subscribers: 300 (upserted")
+    assert apply_file(pg_dsn, EXAMPLE).endswith("0 created, 0 updated, 305 unchanged)")
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT host(ip), secret FROM nas WHERE tenant_id = 'demo'"
+                            ).fetchall() == [("127.0.0.1", "demo-secret")]
+        counts = conn.execute("SELECT plan_id, count(*) FROM subscribers "
+                              "GROUP BY plan_id").fetchall()
+        assert sorted(n for _, n in counts) == [100, 100, 100]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("quota_counts: download", "quota_counts: downlink",
+         "tenants[1].plans[1].quota_counts (line 45): Input should be 'download', 'upload' "
+         "or 'total'"),
+        ("{username: bob, plan: lte-half}", "{username: bob, plan: lte}",
+         "tenants[1].subscribers[1].plan (line 60): unknown plan 'lte' (not a plan of "
+         "tenant 'acme' in this file)"),
+        ("      - ip: 2001:db8::10\n", "      - ip: 192.0.2.1\n",
+         "tenants[1].nas[1].ip (line 56): duplicate NAS address 192.0.2.1 (first at line 50)"),
+        ("timezone: Europe/Berlin", "timezone: Europe/Berlim",
+         "tenants[1].timezone (line 33): 'Europe/Berlim' is not an IANA time zone "
+         "(e.g. Europe/Berlin)"),
+        ('monthly_fee: "59"', 'monthly_fee: "59', "YAML syntax error (line 62, column 1): found unexpected end of stream (while "
+         "scanning a quoted scalar at line 48, column 22)"),
+    ],
+)
+def test_invalid_file_applies_nothing(pg_dsn, tmp_path, old, new, expected):
+    # The first tenant (lines 2-31) is fine; the second (from line 32) has the problem:
+    # still nothing at all is applied.
+    first = SMALL.replace("id: acme", "id: first").replace("192.0.2.1", "198.51.100.1") \
+        .replace("2001:db8::10", "2001:db8::99")
+    text = first + SMALL.replace("tenants:\n", "").replace(old, new)
+    before = snapshot(pg_dsn)
+    with pytest.raises(InventoryError) as info:
+        apply_file(pg_dsn, write(tmp_path, text))
+    assert any(e.startswith(expected) for e in info.value.errors), info.value.errors
+    assert snapshot(pg_dsn) == before
+    assert audit_rows(pg_dsn) == []
+
+
+def test_address_of_another_tenants_nas_is_rejected_with_line(pg_dsn, tmp_path):
+    apply_file(pg_dsn, write(tmp_path, SMALL))
+    other = """\
+tenants:
+  - id: other
+    timezone: UTC
+    currency: USD
+    nas:
+      - ip: 192.0.2.1
+        secret: x
+"""
+    before = snapshot(pg_dsn)
+    with pytest.raises(InventoryError) as info:
+        apply_file(pg_dsn, write(tmp_path, other, "other.yaml"))
+    assert info.value.errors == [
+        "tenants[0].nas[0].ip (line 6): address 192.0.2.1 is already used by NAS 'bng-1' "
+        "of tenant 'acme' (NAS are never renamed or moved by apply)"]
+    assert snapshot(pg_dsn) == before
+
+
+def test_unreadable_file(pg_dsn, tmp_path):
+    with pytest.raises(InventoryError, match="cannot read the file"):
+        apply_file(pg_dsn, tmp_path / "missing.yaml")
+
+
+def test_cli_reports_errors_and_exit_code(pg_dsn, tmp_path):
+    bad = write(tmp_path, SMALL.replace("cycle_anchor_day: 31", "cycle_anchor_day: 40"))
+    good = write(tmp_path, SMALL, "good.yaml")
+    env = {**os.environ, "ISPSTREAM_DATABASE_URL": pg_dsn}
+
+    def run(path: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "ispstream.cli", "inventory", "apply",
+                               str(path)], env=env, capture_output=True, text=True,
+                              timeout=60, cwd=tmp_path)
+
+    res = run(bad)
+    assert res.returncode == 2, res.stderr
+    assert ("tenants[0].subscribers[2].cycle_anchor_day (line 31): Input should be less "
+            "than or equal to 31") in res.stderr
+    res = run(good)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == ("tenants: 1, plans: 3, nas: 2, subscribers: 3 "
+                                  "(upserted: 9 created, 0 updated, 0 unchanged)")
+    assert json.loads(json.dumps(audit_rows(pg_dsn)[-1][3]))["tenants"]["created"] == 1

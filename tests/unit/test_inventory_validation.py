@@ -1,0 +1,233 @@
+"""Inventory validation without a database: every problem names its field path and line."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from ispstream.inventory import InventoryError, parse
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "inventory.yaml"
+
+# Line numbers below refer to this document (line 1 is "tenants:").
+BASE = """\
+tenants:
+  - id: acme
+    timezone: Europe/Berlin
+    currency: EUR
+    plans:
+      - id: fiber-500
+        monthly_fee: "39.00"
+        quota_gb: 500
+        quota_counts: total
+        after_quota: {overage_per_gb: "1.50"}
+        off_peak: [{from: "00:00", to: "06:00", rate: "0"}]
+      - id: lte
+        monthly_fee: 19.90
+        quota_gb: 0.5
+        quota_counts: download
+        after_quota: {throttle: "2M/2M"}
+    nas:
+      - ip: 192.0.2.1
+        name: bng-1
+        secret: "s3cret"
+        vendor: mikrotik
+        coa_port: 3799
+        require_message_authenticator: true
+    subscribers:
+      - username: alice
+        plan: fiber-500
+        cycle_anchor_day: 1
+      - username: bob
+        plan: lte
+        cycle_anchor_day: 31
+"""
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(InventoryError) as info:
+        parse(text, "inv.yaml")
+    assert str(info.value).startswith("inv.yaml: ")
+    assert "nothing applied" in str(info.value).splitlines()[0]
+    return info.value.errors
+
+
+def with_line(line_no: int, new: str) -> str:
+    lines = BASE.splitlines()
+    lines[line_no - 1] = new
+    return "\n".join(lines) + "\n"
+
+
+def test_base_document_is_valid_and_exact():
+    inv = parse(BASE).inventory
+    acme = inv.tenants[0]
+    fiber, lte = acme.plans
+    assert fiber.quota_bytes == 500 * 10**9
+    assert lte.quota_bytes == 500_000_000  # 0.5 GB, exactly
+    assert fiber.monthly_fee == Decimal("39.00")
+    # an unquoted YAML number is read from its text: Decimal, never a float
+    assert type(lte.monthly_fee) is Decimal and lte.monthly_fee == Decimal("19.90")
+    assert fiber.after_quota.overage_per_gb == Decimal("1.50")
+    assert lte.after_quota.throttle == "2M/2M"
+    assert [w.as_json() for w in fiber.off_peak] == [{"from": "00:00", "to": "06:00",
+                                                      "rate": "0"}]
+    assert acme.nas[0].id == "bng-1"
+    assert [s.cycle_anchor_day for s in acme.subscribers] == [1, 31]
+
+
+def test_example_inventory_is_valid():
+    inv = parse(EXAMPLE.read_text(), str(EXAMPLE)).inventory
+    (demo,) = inv.tenants
+    assert (demo.id, demo.timezone, demo.currency) == ("demo", "Europe/Berlin", "EUR")
+    assert [n.ip for n in demo.nas] == ["127.0.0.1"]
+    assert demo.nas[0].secret == "demo-secret"
+    names = [s.username for s in demo.subscribers]
+    assert names == [f"sub{i:04d}" for i in range(1, 301)]
+    plans = [p.id for p in demo.plans]
+    assert 2 <= len(plans) <= 3
+    assert [s.plan for s in demo.subscribers[:len(plans)]] == plans  # round-robin
+    assert any(p.off_peak and p.after_quota and p.after_quota.overage_per_gb
+               for p in demo.plans)
+    assert any(p.after_quota and p.after_quota.throttle for p in demo.plans)
+
+
+def test_nas_name_defaults_to_the_address_and_ipv6_is_accepted():
+    text = BASE.replace("      - ip: 192.0.2.1\n        name: bng-1\n",
+                        "      - ip: 2001:DB8::1\n")
+    (nas,) = parse(text).inventory.tenants[0].nas
+    assert nas.ip == "2001:db8::1" and nas.id == "2001:db8::1"
+
+
+def test_unquoted_times_are_not_read_as_base_60_numbers():
+    text = with_line(11, '        off_peak: [{from: 22:30, to: 06:00, rate: 0.5}]')
+    (w,) = parse(text).inventory.tenants[0].plans[0].off_peak
+    assert w.as_json() == {"from": "22:30", "to": "06:00", "rate": "0.5"}
+
+
+def test_window_may_end_at_24_00():
+    text = with_line(11, '        off_peak: [{from: "18:00", to: "24:00", rate: "0.25"}]')
+    (w,) = parse(text).inventory.tenants[0].plans[0].off_peak
+    assert (w.from_, w.to) == ("18:00", "24:00")
+
+
+@pytest.mark.parametrize(
+    ("line", "new", "expected"),
+    [
+        (9, "        quota_counts: both",
+         "tenants[0].plans[0].quota_counts (line 9): Input should be 'download', 'upload' "
+         "or 'total'"),
+        (3, "    timezone: Mars/Olympus",
+         "tenants[0].timezone (line 3): 'Mars/Olympus' is not an IANA time zone"),
+        (4, "    currency: eur", "tenants[0].currency (line 4): String should match pattern"),
+        (7, '        monthly_fee: "39,00"',
+         "tenants[0].plans[0].monthly_fee (line 7): '39,00' is not a decimal number"),
+        (7, '        monthly_fee: "-1"',
+         "tenants[0].plans[0].monthly_fee (line 7): Input should be greater than or equal to 0"),
+        (14, "        quota_gb: 0.0000000001",
+         "tenants[0].plans[1].quota_gb (line 14): must be a whole number of bytes"),
+        (10, '        after_quota: {overage_per_gb: "1.50", throttle: "1M/1M"}',
+         "tenants[0].plans[0].after_quota (line 10): give exactly one of overage_per_gb "
+         "or throttle"),
+        (10, "        after_quota: {}",
+         "tenants[0].plans[0].after_quota (line 10): give exactly one of"),
+        (10, '        after_quota: {throttle: "fast"}',
+         "tenants[0].plans[0].after_quota.throttle (line 10): must be a rate limit"),
+        (10, "        # after_quota: forgotten",
+         "tenants[0].plans[0] (line 6): after_quota is required when quota_gb is set"),
+        (10, "        colour: blue",
+         "tenants[0].plans[0].colour (line 10): Extra inputs are not permitted"),
+        (11, '        off_peak: [{from: "00:00", to: "06:00", rate: "1.5"}]',
+         "tenants[0].plans[0].off_peak[0].rate (line 11): Input should be less than or "
+         "equal to 1"),
+        (11, '        off_peak: [{from: "25:00", to: "06:00", rate: "0"}]',
+         "tenants[0].plans[0].off_peak[0].from (line 11): must be a time of day"),
+        (11, '        off_peak: [{from: "06:00", to: "06:00", rate: "0"}]',
+         "tenants[0].plans[0].off_peak[0] (line 11): from and to must differ"),
+        (11, '        off_peak: [{to: "06:00", rate: "0"}]',
+         "tenants[0].plans[0].off_peak[0].from (line 11): Field required"),
+        (18, "      - ip: 192.0.2.300",
+         "tenants[0].nas[0].ip (line 18): '192.0.2.300' is not an IPv4 or IPv6 address"),
+        (20, '        secret: ""',
+         "tenants[0].nas[0].secret (line 20): String should have at least 1 character"),
+        (21, "        vendor: nokia",
+         "tenants[0].nas[0].vendor (line 21): Input should be 'mikrotik', 'cisco', "
+         "'juniper', 'huawei' or 'generic'"),
+        (22, "        coa_port: 70000",
+         "tenants[0].nas[0].coa_port (line 22): Input should be less than or equal to 65535"),
+        (23, '        require_message_authenticator: "yes"',
+         "tenants[0].nas[0].require_message_authenticator (line 23): Input should be a "
+         "valid boolean"),
+        (27, "        cycle_anchor_day: 32",
+         "tenants[0].subscribers[0].cycle_anchor_day (line 27): Input should be less than "
+         "or equal to 31"),
+        (28, "      - username: 0042",
+         "tenants[0].subscribers[1].username (line 28): Input should be a valid string"),
+        (29, "        plan: fiber-1000",
+         "tenants[0].subscribers[1].plan (line 29): unknown plan 'fiber-1000'"),
+        (28, "      - username: alice",
+         "tenants[0].subscribers[1].username (line 28): duplicate username 'alice' "
+         "(first at line 25)"),
+        (12, "      - id: fiber-500",
+         "tenants[0].plans[1].id (line 12): duplicate plan id 'fiber-500' (first at line 6)"),
+    ],
+)
+def test_invalid_field_names_path_and_line(line, new, expected):
+    errors = errors_of(with_line(line, new))
+    assert any(e.startswith(expected) for e in errors), errors
+
+
+def test_every_problem_is_reported_at_once():
+    text = with_line(9, "        quota_counts: both").replace(
+        "cycle_anchor_day: 31", "cycle_anchor_day: 0")
+    errors = errors_of(text)
+    assert len(errors) == 2
+    assert errors[0].startswith("tenants[0].plans[0].quota_counts (line 9)")
+    assert errors[1].startswith("tenants[0].subscribers[1].cycle_anchor_day (line 30)")
+
+
+def test_an_address_used_twice_across_tenants_is_rejected():
+    second = """\
+  - id: other
+    timezone: UTC
+    currency: USD
+    nas:
+      - ip: 192.0.2.1
+        secret: x
+"""
+    errors = errors_of(BASE + second)
+    assert errors == ["tenants[1].nas[0].ip (line 35): duplicate NAS address 192.0.2.1 "
+                      "(first at line 18)"]
+
+
+def test_duplicate_tenant_ids_are_rejected():
+    errors = errors_of(BASE + "  - id: acme\n    timezone: UTC\n    currency: USD\n")
+    assert errors == ["tenants[1].id (line 31): duplicate tenant id 'acme' "
+                      "(first at line 2)"]
+
+
+def test_yaml_syntax_error_has_its_line():
+    errors = errors_of(with_line(13, '        monthly_fee: "19.90'))
+    assert len(errors) == 1 and errors[0].startswith("YAML syntax error (line ")
+
+
+def test_duplicate_yaml_keys_are_rejected():
+    errors = errors_of(with_line(16, "        quota_gb: 1"))
+    assert errors == ["YAML error (line 16, column 9): duplicate key 'quota_gb' "
+                      "(first at line 14)"]
+
+
+def test_floats_that_are_not_numbers_are_rejected():
+    errors = errors_of(with_line(7, "        monthly_fee: .inf"))
+    assert errors[0].startswith("tenants[0].plans[0].monthly_fee (line 7): ")
+
+
+def test_empty_and_non_mapping_documents():
+    assert errors_of("") == ["(file): the file is empty; expected 'tenants:'"]
+    assert errors_of("- 1\n") == ["(file) (line 1): Input should be a valid dictionary or "
+                                  "instance of Inventory"]
+    assert errors_of("tenant: []\n") == [
+        "tenants (line 1): Field required",
+        "tenant (line 1): Extra inputs are not permitted",
+    ]
