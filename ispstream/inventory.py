@@ -48,7 +48,7 @@ import logging
 import re
 import zoneinfo
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -238,11 +238,13 @@ class PlanSpec(_Strict):
     @classmethod
     def _whole_bytes(cls, v: Decimal | None) -> Decimal | None:
         if v is not None:
-            b = v * GB
+            with localcontext() as ctx:
+                ctx.prec = len(v.as_tuple().digits) + 12  # the product is exact
+                b = v * GB
             if b != b.to_integral_value():
                 raise ValueError("must be a whole number of bytes (GB = 10^9 bytes)")
             if b > _BIGINT_MAX:
-                raise ValueError("is too large")
+                raise ValueError(f"must be at most {_BIGINT_MAX // GB} GB")
         return v
 
     @model_validator(mode="after")

@@ -127,6 +127,10 @@ def test_window_may_end_at_24_00():
          "tenants[0].plans[0].monthly_fee (line 7): Input should be greater than or equal to 0"),
         (14, "        quota_gb: 0.0000000001",
          "tenants[0].plans[1].quota_gb (line 14): must be a whole number of bytes"),
+        (14, "        quota_gb: 1.0000000000000000000000000000001",
+         "tenants[0].plans[1].quota_gb (line 14): must be a whole number of bytes"),
+        (14, "        quota_gb: 10000000000",
+         "tenants[0].plans[1].quota_gb (line 14): must be at most 9223372036 GB"),
         (10, '        after_quota: {overage_per_gb: "1.50", throttle: "1M/1M"}',
          "tenants[0].plans[0].after_quota (line 10): give exactly one of overage_per_gb "
          "or throttle"),
@@ -176,6 +180,12 @@ def test_window_may_end_at_24_00():
 def test_invalid_field_names_path_and_line(line, new, expected):
     errors = errors_of(with_line(line, new))
     assert any(e.startswith(expected) for e in errors), errors
+
+
+def test_after_quota_needs_a_quota():
+    text = BASE.replace("        quota_gb: 500\n", "")
+    assert errors_of(text) == ["tenants[0].plans[0] (line 6): after_quota needs quota_gb "
+                               "(a plan without quota is unlimited)"]
 
 
 def test_every_problem_is_reported_at_once():
