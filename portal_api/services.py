@@ -1,0 +1,200 @@
+"""What the endpoints answer: access rules, windows, cycles and money formatting.
+
+Functions here take a connection already inside ``tenant_transaction`` and the caller's
+``Principal``; they raise ``NotFound`` or ``QueryError``, which the app maps to 404 and
+422. Pricing itself is not done here: charges were rated by the usage flow; the API only
+sums them and rounds the sum once with ``rating.money.round_money``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import psycopg
+
+from ispstream.apikeys import Principal
+from portal_api import queries
+from portal_api.models import (
+    AfterQuotaPublic,
+    CyclePublic,
+    SessionPagePublic,
+    SessionPublic,
+    UsageBucketPublic,
+    UsagePublic,
+)
+from rating.cycles import cycle_at
+from rating.money import round_money
+
+_HOUR = timedelta(hours=1)
+
+
+class NotFound(Exception):
+    """The object does not exist for this caller (also: another tenant's, or for a
+    customer, anyone else's): always a 404, never a 403."""
+
+
+class QueryError(Exception):
+    """A query parameter is unacceptable (422) for a reason only known after lookup."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+        self.message = message
+
+
+def plain(amount: Decimal) -> str:
+    """A decimal as plain digits (no exponent, no trailing fractional zeros)."""
+    text = format(amount, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
+def money(amount: Decimal, currency: str) -> tuple[str, str]:
+    """(rounded once to the currency's minor unit, exact) as strings."""
+    return format(round_money(amount, currency), "f"), plain(amount)
+
+
+def _subscriber(conn: psycopg.Connection, principal: Principal,
+                username: str) -> queries.Subscriber:
+    # A customer's identity comes from the key only: any other username is "not found".
+    if principal.role == "customer" and username != principal.subscriber:
+        raise NotFound("subscriber not found")
+    sub = queries.subscriber(conn, principal.tenant_id, username)
+    if sub is None:
+        raise NotFound("subscriber not found")
+    return sub
+
+
+def _totals_fields(t: queries.Totals, currency: str) -> dict:
+    charge, exact = money(t.charge, currency)
+    return {
+        "upload_bytes": t.upload_bytes,
+        "download_bytes": t.download_bytes,
+        "billable_bytes": t.billable_bytes,
+        "zero_rated_bytes": t.zero_rated_bytes,
+        "over_quota_bytes": t.over_quota_bytes,
+        "charge": charge,
+        "charge_exact": exact,
+    }
+
+
+def usage(conn: psycopg.Connection, principal: Principal, username: str,
+          start: datetime | None, end: datetime | None, granularity: str | None,
+          now: datetime) -> UsagePublic:
+    """Usage of ``username`` over ``[start, end)``; a missing bound defaults to the
+    current cycle's; with ``granularity`` also an hour or day (tenant zone) series."""
+    sub = _subscriber(conn, principal, username)
+    if start is None or end is None:
+        cycle = cycle_at(now, sub.cycle_anchor_day, sub.timezone)
+        start = start or cycle.start
+        end = end or cycle.end
+    if start >= end:
+        raise QueryError("from", f"'from' ({start.isoformat()}) must be before 'to' "
+                                 f"({end.isoformat()}); a missing bound defaults to the "
+                                 "current billing cycle's")
+    totals = queries.usage_totals(conn, principal.tenant_id, username, start, end)
+    series = None
+    if granularity == "hour":
+        series = [
+            UsageBucketPublic(start=hour, end=hour + _HOUR,
+                              **_totals_fields(t, sub.currency))
+            for hour, t in queries.usage_by_hour(conn, principal.tenant_id, username,
+                                                 start, end)
+        ]
+    elif granularity == "day":
+        zone = ZoneInfo(sub.timezone)
+        series = [
+            UsageBucketPublic(start=day_start.astimezone(zone), end=day_end.astimezone(zone),
+                              **_totals_fields(t, sub.currency))
+            for day_start, day_end, t in queries.usage_by_day(
+                conn, principal.tenant_id, username, start, end, sub.timezone)
+        ]
+    return UsagePublic(
+        username=username,
+        currency=sub.currency,
+        from_=start.astimezone(timezone.utc),
+        to=end.astimezone(timezone.utc),
+        granularity=granularity,
+        series=series,
+        **_totals_fields(totals, sub.currency),
+    )
+
+
+def cycle(conn: psycopg.Connection, principal: Principal, username: str,
+          now: datetime) -> CyclePublic:
+    """The current cycle of ``username`` (at ``now``) with quota use and overage so far."""
+    sub = _subscriber(conn, principal, username)
+    c = cycle_at(now, sub.cycle_anchor_day, sub.timezone)
+    t = queries.cycle_totals(conn, principal.tenant_id, username, c.start_date)
+    overage, overage_exact = money(t.charge, sub.currency)
+    after = None
+    if sub.overage_per_gb is not None or sub.throttle_rate is not None:
+        after = AfterQuotaPublic(
+            overage_per_gb=None if sub.overage_per_gb is None
+            else format(sub.overage_per_gb, "f"),
+            throttle=sub.throttle_rate,
+        )
+    return CyclePublic(
+        username=username,
+        plan_id=sub.plan_id,
+        currency=sub.currency,
+        start=c.start,
+        end=c.end,
+        start_date=c.start_date,
+        end_date=c.end_date,
+        monthly_fee=format(sub.monthly_fee, "f"),
+        quota_counts=sub.quota_counts,
+        quota_bytes=sub.quota_bytes,
+        used_bytes=t.billable_bytes,
+        remaining_bytes=None if sub.quota_bytes is None
+        else max(sub.quota_bytes - t.billable_bytes, 0),
+        over_quota_bytes=t.over_quota_bytes,
+        overage_charge=overage,
+        overage_charge_exact=overage_exact,
+        after_quota=after,
+    )
+
+
+def encode_cursor(row: dict) -> str:
+    """An opaque cursor for the position after ``row``."""
+    raw = json.dumps([row["started_at"].isoformat(), row["nas_id"], row["session_id"]])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str, str]:
+    """The sort key encoded by ``encode_cursor``; ``QueryError`` when it is not one."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        ts, nas_id, session_id = json.loads(raw)
+        at = datetime.fromisoformat(ts)
+        if at.tzinfo is None or not isinstance(nas_id, str) or not isinstance(session_id, str):
+            raise ValueError
+        return at, nas_id, session_id
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise QueryError("cursor", "invalid cursor (use next_cursor from the previous page)") \
+            from None
+
+
+def sessions(conn: psycopg.Connection, principal: Principal, *, username: str | None,
+             open_: bool | None, limit: int, cursor: str | None) -> SessionPagePublic:
+    """A page of sessions, newest first. Customers only ever see their own."""
+    after = decode_cursor(cursor) if cursor else None
+    if principal.role == "customer":
+        if username is not None and username != principal.subscriber:
+            return SessionPagePublic(items=[], next_cursor=None)
+        username = principal.subscriber
+    rows = queries.sessions(conn, principal.tenant_id, username=username, open_=open_,
+                            limit=limit + 1, after=after)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return SessionPagePublic(
+        items=[SessionPublic(**r) for r in rows],
+        next_cursor=encode_cursor(rows[-1]) if more else None,
+    )
+
