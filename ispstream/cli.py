@@ -72,9 +72,14 @@ def cmd_inventory_apply(args: argparse.Namespace) -> int:
 
 def cmd_apikey_create(args: argparse.Namespace) -> int:
     """Create an API key; print only the key."""
-    from ispstream.apikeys import create_key
+    from ispstream.apikeys import ApiKeyError, create_key
 
-    print(create_key(get_settings().dsn(), args.tenant, args.role, subscriber=args.subscriber))
+    try:
+        print(create_key(get_settings().dsn(), args.tenant, args.role,
+                         subscriber=args.subscriber))
+    except ApiKeyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

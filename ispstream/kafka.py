@@ -15,6 +15,7 @@ import os
 from typing import Iterable
 
 import confluent_kafka
+import confluent_kafka.admin
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class EmbeddedBroker:
         conf = self._lib.rd_kafka_conf_new()
         err = ctypes.create_string_buffer(512)
         # The hosting handle never connects anywhere itself.
-        self._lib.rd_kafka_conf_set(conf, b"bootstrap.servers", b"", err, 512)
+        self._lib.rd_kafka_conf_set(conf, b"log_level", b"3", err, 512)
         self._rk = self._lib.rd_kafka_new(0, conf, err, 512)  # 0 = RD_KAFKA_PRODUCER
         if not self._rk:
             raise RuntimeError(f"rd_kafka_new failed: {err.value.decode()}")

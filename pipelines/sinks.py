@@ -1,16 +1,16 @@
 """Database sink of the usage flow: idempotent, batched upserts in one transaction.
 
 Per batch: session snapshots upsert ``sessions`` (only ever to a higher ``version``);
-rated pieces upsert ``usage_rated`` on their stable key; the ``usage_hourly`` buckets the
-batch touched are recomputed from ``usage_rated``. ``write_batch`` returns only after the
-commit, and Bytewax completes an epoch (and snapshots its state and input offsets) only
-after every sink returned: the write always precedes the commit of offsets.
+rated pieces upsert ``usage_rated`` on their stable key; ``usage_hourly`` is adjusted by
+exactly what the batch changed (the new rows minus the versions they replace), so a
+replayed batch adjusts it by zero. ``write_batch`` returns only after the commit, and
+Bytewax completes an epoch (and snapshots its state and input offsets) only after every
+sink returned: the write always precedes the commit of offsets.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
 from typing import Iterable
 
 import psycopg
@@ -29,23 +29,60 @@ _RATED_COLS = ("tenant_id", "record_id", "piece", "ts", "ts_start", "username", 
                "session_id", "plan_id", "cycle_start", "upload_bytes", "download_bytes",
                "billable_bytes", "zero_rated_bytes", "over_quota_bytes", "charge",
                "rate_multiplier", "flags")
+_TIME_COLS = {"started_at", "updated_at", "stopped_at", "ts", "ts_start"}
+_SUMS = ("upload_bytes", "download_bytes", "billable_bytes", "zero_rated_bytes",
+         "over_quota_bytes", "charge")
+
+# Staging tables: times arrive as unix seconds (cheap to write) and are converted in SQL.
+_STAGING = {
+    "_snap": "tenant_id text, nas_id text, session_id text, username text, state text, "
+             "close_reason text, started_at bigint, updated_at bigint, stopped_at bigint, "
+             "upload_bytes bigint, download_bytes bigint, resets integer, "
+             "interim_interval integer, framed_ip text, version bigint",
+    "_rated": "tenant_id text, record_id text, piece smallint, ts bigint, ts_start bigint, "
+              "username text, nas_id text, session_id text, plan_id text, cycle_start date, "
+              "upload_bytes bigint, download_bytes bigint, billable_bytes bigint, "
+              "zero_rated_bytes bigint, over_quota_bytes bigint, charge numeric, "
+              "rate_multiplier numeric, flags text[]",
+}
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-def _ts(epoch: int | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc)
+def _text(v: str | None) -> str:
+    """A value in COPY text format."""
+    if v is None:
+        return "\\N"
+    return v.translate(_ESCAPES) if ("\\" in v or "\t" in v or "\n" in v or "\r" in v) else v
 
 
-def _session_row(s: SessionSnapshot) -> tuple:
-    return (s.tenant_id, s.nas_id, s.session_id, s.username, s.state, s.close_reason,
-            _ts(s.started_at), _ts(s.updated_at), _ts(s.stopped_at), s.upload, s.download,
-            s.resets, s.interim_interval, s.framed_ip, s.version)
+def _opt(v) -> str:
+    return "\\N" if v is None else str(v)
 
 
-def _rated_row(p: RatedPiece) -> tuple:
-    return (p.tenant_id, p.record_id, p.piece, _ts(p.ts), _ts(p.ts_start), p.username,
-            p.nas_id, p.session_id, p.plan_id, p.cycle_start, p.upload_bytes,
-            p.download_bytes, p.billable_bytes, p.zero_rated_bytes, p.over_quota_bytes,
-            p.charge, p.rate_multiplier, list(p.flags))
+def _flags(flags: tuple[str, ...]) -> str:
+    # Flags are fixed identifiers (letters and underscores): no array quoting needed.
+    return "{" + ",".join(flags) + "}"
+
+
+def _session_line(s: SessionSnapshot) -> str:
+    return "\t".join((
+        _text(s.tenant_id), _text(s.nas_id), _text(s.session_id), _text(s.username), s.state,
+        _text(s.close_reason), str(s.started_at), str(s.updated_at), _opt(s.stopped_at),
+        str(s.upload), str(s.download), str(s.resets), _opt(s.interim_interval),
+        _text(s.framed_ip), str(s.version))) + "\n"
+
+
+def _rated_line(p: RatedPiece) -> str:
+    return "\t".join((
+        _text(p.tenant_id), p.record_id, str(p.piece), str(p.ts), str(p.ts_start),
+        _text(p.username), _text(p.nas_id), _text(p.session_id), _text(p.plan_id),
+        p.cycle_start.isoformat(), str(p.upload_bytes), str(p.download_bytes),
+        str(p.billable_bytes), str(p.zero_rated_bytes), str(p.over_quota_bytes),
+        str(p.charge), str(p.rate_multiplier), _flags(p.flags))) + "\n"
+
+
+def _select(cols: Iterable[str]) -> str:
+    return ", ".join(f"to_timestamp({c})" if c in _TIME_COLS else c for c in cols)
 
 
 def _update_set(cols: Iterable[str], key: Iterable[str]) -> str:
@@ -55,7 +92,7 @@ def _update_set(cols: Iterable[str], key: Iterable[str]) -> str:
 
 _UPSERT_SESSIONS = f"""
 INSERT INTO sessions ({", ".join(_SESSION_COLS)})
-SELECT {", ".join(_SESSION_COLS)} FROM _snap
+SELECT {_select(_SESSION_COLS)} FROM _snap
 ON CONFLICT (tenant_id, nas_id, session_id) DO UPDATE
 SET {_update_set(_SESSION_COLS, ("tenant_id", "nas_id", "session_id"))}
 WHERE sessions.version < excluded.version
@@ -63,31 +100,31 @@ WHERE sessions.version < excluded.version
 
 _UPSERT_RATED = f"""
 INSERT INTO usage_rated ({", ".join(_RATED_COLS)})
-SELECT {", ".join(_RATED_COLS)} FROM _rated
+SELECT {_select(_RATED_COLS)} FROM _rated
 ON CONFLICT (tenant_id, record_id, piece, ts) DO UPDATE
 SET {_update_set(_RATED_COLS, ("tenant_id", "record_id", "piece", "ts"))}
 """
 
-# Recompute (not increment) every hour bucket the batch touched: replays stay exact.
-_ROLLUP = """
-WITH touched AS (
-  SELECT DISTINCT tenant_id, username,
-         date_bin('1 hour', ts, timestamptz '2000-01-01 00:00:00+00') AS hour
+# Runs before _UPSERT_RATED: add the batch's rows and subtract the stored versions they
+# are about to replace. Increments commute, so concurrent workers stay exact too.
+_HOUR = "date_bin('1 hour', {}, timestamptz '2000-01-01 00:00:00+00')"
+_ROLLUP = f"""
+WITH changes AS (
+  SELECT tenant_id, username, {_HOUR.format("to_timestamp(ts)")} AS hour,
+         {", ".join(_SUMS)}
   FROM _rated
+  UNION ALL
+  SELECT u.tenant_id, u.username, {_HOUR.format("u.ts")},
+         {", ".join(f"-u.{c}" for c in _SUMS)}
+  FROM usage_rated u
+  JOIN _rated r ON u.tenant_id = r.tenant_id AND u.record_id = r.record_id
+               AND u.piece = r.piece AND u.ts = to_timestamp(r.ts)
 )
-INSERT INTO usage_hourly (tenant_id, username, hour, upload_bytes, download_bytes,
-                          billable_bytes, zero_rated_bytes, over_quota_bytes, charge)
-SELECT t.tenant_id, t.username, t.hour,
-       sum(u.upload_bytes), sum(u.download_bytes), sum(u.billable_bytes),
-       sum(u.zero_rated_bytes), sum(u.over_quota_bytes), sum(u.charge)
-FROM touched t
-JOIN usage_rated u ON u.tenant_id = t.tenant_id AND u.username = t.username
-                  AND u.ts >= t.hour AND u.ts < t.hour + interval '1 hour'
-GROUP BY t.tenant_id, t.username, t.hour
+INSERT INTO usage_hourly (tenant_id, username, hour, {", ".join(_SUMS)})
+SELECT tenant_id, username, hour, {", ".join(f"sum({c})" for c in _SUMS)}
+FROM changes GROUP BY tenant_id, username, hour
 ON CONFLICT (tenant_id, username, hour) DO UPDATE
-SET upload_bytes = excluded.upload_bytes, download_bytes = excluded.download_bytes,
-    billable_bytes = excluded.billable_bytes, zero_rated_bytes = excluded.zero_rated_bytes,
-    over_quota_bytes = excluded.over_quota_bytes, charge = excluded.charge
+SET {", ".join(f"{c} = usage_hourly.{c} + excluded.{c}" for c in _SUMS)}
 """
 
 
@@ -109,21 +146,17 @@ def write_usage(conn: psycopg.Connection, items: list) -> tuple[int, int]:
                 snaps[key] = it
     with conn.transaction():
         cur = conn.cursor()
+        for table, cols in _STAGING.items():
+            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} ({cols}) ON COMMIT DELETE ROWS")
         if snaps:
-            cur.execute("CREATE TEMP TABLE IF NOT EXISTS _snap "
-                        "(LIKE sessions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-            with cur.copy(f"COPY _snap ({', '.join(_SESSION_COLS)}) FROM STDIN") as cp:
-                for s in snaps.values():
-                    cp.write_row(_session_row(s))
+            with cur.copy("COPY _snap FROM STDIN") as cp:
+                cp.write("".join(map(_session_line, snaps.values())))
             cur.execute(_UPSERT_SESSIONS)
         if rated:
-            cur.execute("CREATE TEMP TABLE IF NOT EXISTS _rated "
-                        "(LIKE usage_rated INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-            with cur.copy(f"COPY _rated ({', '.join(_RATED_COLS)}) FROM STDIN") as cp:
-                for p in rated.values():
-                    cp.write_row(_rated_row(p))
-            cur.execute(_UPSERT_RATED)
+            with cur.copy("COPY _rated FROM STDIN") as cp:
+                cp.write("".join(map(_rated_line, rated.values())))
             cur.execute(_ROLLUP)
+            cur.execute(_UPSERT_RATED)
     return len(snaps), len(rated)
 
 

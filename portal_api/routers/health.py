@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import confluent_kafka.admin  # noqa: F401 - check_reachable needs the submodule loaded
 import psycopg
 from fastapi import APIRouter, Response, status
 

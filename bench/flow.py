@@ -1,0 +1,171 @@
+"""Usage flow throughput: accounting events/s end to end on one worker.
+
+Kafka in -> parse -> sessions -> rating -> rated rows committed in PostgreSQL (and
+``usage.rated`` produced), measured from flow start until the last row is committed,
+against a pass-through Bytewax flow (Kafka in -> json map -> Kafka out) over the same
+input in the same run. Both read with ``tail=False`` and stop at the end of the topic.
+
+    .venv/bin/python -m bench.flow [--sessions 2000 --interims 40 --rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+from bytewax._bytewax import cli_main
+from bytewax.connectors.kafka import KafkaSinkMessage
+from bytewax.connectors.kafka import operators as kop
+from bytewax.dataflow import Dataflow
+import bytewax.operators as op
+from confluent_kafka import Producer
+
+from ispstream import topics
+from ispstream.db import migrate
+from ispstream.kafka import EmbeddedBroker, producer_config
+from ispstream.settings import Settings
+from pipelines.usage import build_flow, recovery_config
+
+ADMIN_DSN = os.environ.get("ISPSTREAM_DATABASE_URL",
+                           "postgresql://ispstream:ispstream@127.0.0.1:5432/ispstream")
+PARTITIONS = 16
+
+
+def _dsn(db: str) -> str:
+    return f"{ADMIN_DSN.rpartition('/')[0]}/{db}"
+
+
+def make_db(template: str | None, subscribers: int) -> str:
+    """A fresh database with the schema and one tenant, plan and ``subscribers``."""
+    name = f"ispbench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = _dsn(name)
+    migrate(dsn)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("INSERT INTO tenants (id, timezone, currency) VALUES "
+                     "('bench', 'Europe/Berlin', 'EUR')")
+        conn.execute("INSERT INTO plans (tenant_id, id, monthly_fee, quota_bytes, quota_counts,"
+                     " overage_per_gb, off_peak) VALUES ('bench', 'p', 30, 50000000000, "
+                     "'total', 1.5, '[{\"from\": \"00:00\", \"to\": \"06:00\", \"rate\": \"0\"}]')")
+        with conn.cursor().copy("COPY subscribers (tenant_id, username, plan_id) FROM STDIN") as cp:
+            for i in range(subscribers):
+                cp.write_row(("bench", f"u{i}", "p"))
+    return dsn
+
+
+def drop_db(dsn: str) -> None:
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{dsn.rpartition("/")[2]}" WITH (FORCE)')
+
+
+def produce_load(bootstrap: str, topic: str, sessions: int, interims: int) -> int:
+    """Start + interims + Stop for every session, interleaved like a real NAS; returns count."""
+    p = Producer(producer_config(bootstrap, **{"linger.ms": 20}))
+    t0 = int(time.time()) - (interims + 2) * 300
+    n = 0
+    for step in range(interims + 2):
+        status = "Start" if step == 0 else ("Stop" if step == interims + 1 else "Interim-Update")
+        for s in range(sessions):
+            up, down = step * 1_000_003 * (s % 7 + 1), step * 25_000_017 * (s % 11 + 1)
+            ev = {"v": 1, "tenant_id": "bench", "nas_id": f"nas{s % 4}", "nas_ip": "127.0.0.1",
+                  "status": status, "session_id": f"S{s}", "username": f"u{s}",
+                  "received_at": t0 + step * 300 + s % 300, "event_timestamp": t0 + step * 300 + s % 300,
+                  "input_octets": up % 2**32, "input_gigawords": up >> 32,
+                  "output_octets": down % 2**32, "output_gigawords": down >> 32,
+                  "framed_ip": f"10.{s >> 16 & 255}.{s >> 8 & 255}.{s & 255}"}
+            p.produce(topic, key=f"bench/nas{s % 4}/S{s}", value=json.dumps(ev))
+            n += 1
+            if n % 10000 == 0:
+                p.poll(0)
+    assert p.flush(60) == 0, "not every benchmark record was delivered"
+    return n
+
+
+def run_usage(settings: Settings, expected_rows: int) -> float:
+    """Run the usage flow to the end of the topic; return seconds until rows committed."""
+    flow = build_flow(settings, tail=False)
+    start = time.perf_counter()
+    from datetime import timedelta
+    cli_main(flow, workers_per_process=1,
+             epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
+             recovery_config=recovery_config(settings))
+    elapsed = time.perf_counter() - start
+    with psycopg.connect(settings.dsn()) as conn:
+        rows = conn.execute("SELECT count(DISTINCT record_id) FROM usage_rated").fetchone()[0]
+    if rows != expected_rows:
+        raise SystemExit(f"usage flow wrote {rows} rated records, expected {expected_rows}")
+    return elapsed
+
+
+def _passthrough_map(msg):
+    return KafkaSinkMessage(key=msg.key, value=json.dumps(json.loads(msg.value)).encode())
+
+
+def run_passthrough(bootstrap: str, topic_in: str, topic_out: str) -> float:
+    flow = Dataflow("passthrough")
+    inp = kop.input("in", flow, brokers=[bootstrap], topics=[topic_in], tail=False)
+    kop.output("out", op.map("json", inp.oks, _passthrough_map), brokers=[bootstrap],
+               topic=topic_out)
+    start = time.perf_counter()
+    cli_main(flow, workers_per_process=1)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m bench.flow", description=__doc__)
+    ap.add_argument("--sessions", type=int, default=2000)
+    ap.add_argument("--interims", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args(argv)
+
+    broker = EmbeddedBroker()
+    prefix = f"bench{uuid.uuid4().hex[:6]}."
+    for t in topics.ALL_TOPICS:
+        broker.create_topic(prefix + t, PARTITIONS)
+    broker.create_topic(prefix + "passthrough.out", PARTITIONS)
+    n = produce_load(broker.bootstrap, prefix + topics.RADIUS_ACCT, args.sessions, args.interims)
+    expected_rows = args.sessions * (args.interims + 1)
+    print(f"flow bench: {n} accounting events ({args.sessions} sessions x "
+          f"{args.interims + 2} records) on {PARTITIONS} partitions", flush=True)
+
+    usage_s, pass_s = [], []
+    for r in range(args.rounds):
+        dsn = make_db(None, args.sessions)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                settings = Settings(database_url=dsn, kafka_bootstrap=broker.bootstrap,
+                                    topic_prefix=prefix, recovery_dir=Path(tmp) / "rec")
+                usage_s.append(run_usage(settings, expected_rows))
+        finally:
+            drop_db(dsn)
+        pass_s.append(run_passthrough(broker.bootstrap, prefix + topics.RADIUS_ACCT,
+                                      prefix + "passthrough.out"))
+        print(f"  round {r + 1}: usage {n / usage_s[-1]:,.0f} ev/s, pass-through "
+              f"{n / pass_s[-1]:,.0f} ev/s, ratio {pass_s[-1] / usage_s[-1]:.2f}", flush=True)
+    ratios = [p / u for u, p in zip(usage_s, pass_s)]
+    result = {
+        "events": n,
+        "usage_events_per_s_median": round(n / statistics.median(usage_s)),
+        "passthrough_events_per_s_median": round(n / statistics.median(pass_s)),
+        "ratio_usage_to_passthrough_median": round(statistics.median(ratios), 3),
+        "rounds": args.rounds,
+    }
+    print(json.dumps(result, indent=2))
+    out = Path("bench/results")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"flow-{int(time.time())}.json").write_text(json.dumps(result, indent=2))
+    broker.close()
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
