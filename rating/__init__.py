@@ -1,0 +1,31 @@
+"""The money domain, pure: counters -> deltas (``sessions``), tariffs, off-peak splits,
+quota and overage (``tariff``), billing cycles (``cycles``), money rounding (``money``).
+
+No I/O, no clock, no stream framework: data in, data out.
+"""
+
+from rating.cycles import Cycle, cycle_at
+from rating.money import overage_charge, round_money
+from rating.sessions import (
+    AcctRecord,
+    NasState,
+    SessionDelta,
+    SessionSnapshot,
+    event_time,
+    record_id,
+    total,
+)
+from rating.tariff import (
+    OffPeakWindow,
+    Plan,
+    RatedPiece,
+    SubscriberUsage,
+    Tariff,
+    split_span,
+)
+
+__all__ = [
+    "AcctRecord", "Cycle", "NasState", "OffPeakWindow", "Plan", "RatedPiece",
+    "SessionDelta", "SessionSnapshot", "SubscriberUsage", "Tariff", "cycle_at",
+    "event_time", "overage_charge", "record_id", "round_money", "split_span", "total",
+]
