@@ -61,6 +61,11 @@ class Settings(BaseSettings):
 
     # API
     api_addr: str = "127.0.0.1:8000"
+    api_database_url: SecretStr | None = Field(
+        default=None,
+        description="the API's own login role (member of ispstream_api, not the owner); "
+        "defaults to database_url",
+    )
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -98,6 +103,10 @@ class Settings(BaseSettings):
     def dsn(self) -> str:
         """The database URL as a plain string (for the DB driver only; never log it)."""
         return self.database_url.get_secret_value()
+
+    def api_dsn(self) -> str:
+        """The database URL the API logs in with (never log it)."""
+        return (self.api_database_url or self.database_url).get_secret_value()
 
     def require_kafka(self) -> str:
         """The bootstrap servers, or a clear error when Kafka is not configured."""

@@ -31,7 +31,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] | None = Non
     ``clock`` (aware UTC instants) and ``pool`` default to the real ones; tests may pass
     their own. The pool is closed when the app shuts down.
     """
-    pool = pool or ConnectionPool(settings.dsn())
+    pool = pool or ConnectionPool(settings.api_dsn())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
