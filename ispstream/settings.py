@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     snapshot_interval_s: float = 2.0
     default_interim_interval_s: int = 300
     stale_factor: float = 2.5
-    db_batch_max: int = 5000
+    db_writers: int = Field(default=1, ge=1, description="database writer partitions")
 
     # API
     api_addr: str = "127.0.0.1:8000"

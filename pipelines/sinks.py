@@ -11,10 +11,11 @@ sink returned: the write always precedes the commit of offsets.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Iterable
 
 import psycopg
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from ispstream.db import connect
 from rating.sessions import SessionSnapshot
@@ -160,31 +161,108 @@ def write_usage(conn: psycopg.Connection, items: list) -> tuple[int, int]:
     return len(snaps), len(rated)
 
 
-class _UsagePartition(StatelessSinkPartition):
-    def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
-        self._conn = connect(dsn)
+class _PipelinedPartition(StatefulSinkPartition):
+    """Writes batches on a background thread, so the flow keeps computing meanwhile.
 
-    def write_batch(self, items: list) -> None:
+    Whatever queued up while the previous transaction ran is merged into the next one
+    (under backlog, repeated session snapshots and hour buckets coalesce). ``snapshot``,
+    which Bytewax calls at the end of every epoch before it records that epoch's state
+    and input offsets, blocks until everything queued is committed: the write precedes
+    the commit of offsets. A failed write fails the flow at the next call, and it resumes
+    from the last snapshot.
+    """
+
+    def __init__(self, dsn: str, max_queued: int, max_merge: int) -> None:
+        self._dsn = dsn
+        self._max_queued = max_queued
+        self._max_merge = max_merge
+        self._cv = threading.Condition()
+        self._queue: list = []
+        self._busy = False
+        self._error: BaseException | None = None
+        self._closing = False
+        self._conn = connect(dsn)
+        self._thread = threading.Thread(target=self._run, name="usage-db-writer", daemon=True)
+        self._thread.start()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise RuntimeError("writing usage to the database failed") from self._error
+
+    def write_batch(self, values: list) -> None:
+        with self._cv:
+            self._raise_if_failed()
+            # Back-pressure: never hold more than max_queued items in memory.
+            self._cv.wait_for(lambda: len(self._queue) < self._max_queued
+                              or self._error is not None)
+            self._raise_if_failed()
+            self._queue.extend(values)
+            self._cv.notify_all()
+
+    def snapshot(self) -> None:
+        with self._cv:
+            self._cv.wait_for(lambda: (not self._queue and not self._busy)
+                              or self._error is not None)
+            self._raise_if_failed()
+        return None
+
+    def close(self) -> None:
+        self.snapshot()
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        self._thread.join(10)
+        self._conn.close()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._queue or self._closing)
+                if not self._queue:
+                    return
+                batch = self._queue[: self._max_merge]
+                del self._queue[: self._max_merge]
+                self._busy = True
+            try:
+                self._write(batch)
+            except BaseException as exc:  # noqa: BLE001 - surfaced to the flow thread
+                log.exception("usage database write failed")
+                with self._cv:
+                    self._error = exc
+                    self._busy = False
+                    self._cv.notify_all()
+                return
+            with self._cv:
+                self._busy = False
+                self._cv.notify_all()
+
+    def _write(self, batch: list) -> None:
         try:
-            write_usage(self._conn, items)
+            write_usage(self._conn, batch)
         except psycopg.OperationalError:
-            # The connection broke: reconnect once and retry the same idempotent batch;
-            # if that fails too the flow stops and resumes from its last snapshot.
+            # The connection broke: reconnect once and retry the same idempotent batch.
             log.warning("database connection lost; reconnecting")
             self._conn.close()
             self._conn = connect(self._dsn)
-            write_usage(self._conn, items)
-
-    def close(self) -> None:
-        self._conn.close()
+            write_usage(self._conn, batch)
 
 
-class UsageDbSink(DynamicSink):
-    """Bytewax sink writing rated usage and session state to PostgreSQL."""
+class UsageDbSink(FixedPartitionedSink):
+    """Bytewax sink writing rated usage and session state to PostgreSQL.
 
-    def __init__(self, dsn: str) -> None:
+    Items are ``(key, RatedPiece | SessionSnapshot)``; ``partitions`` writer partitions
+    (each with its own connection and thread) are spread over the workers.
+    """
+
+    def __init__(self, dsn: str, partitions: int = 1, max_queued: int = 200_000,
+                 max_merge: int = 50_000) -> None:
         self._dsn = dsn
+        self._partitions = partitions
+        self._max_queued = max_queued
+        self._max_merge = max_merge
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _UsagePartition:
-        return _UsagePartition(self._dsn)
+    def list_parts(self) -> list[str]:
+        return [f"db-{i}" for i in range(self._partitions)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state) -> _PipelinedPartition:
+        return _PipelinedPartition(self._dsn, self._max_queued, self._max_merge)

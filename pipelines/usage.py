@@ -99,8 +99,8 @@ def is_record(x) -> bool:
     return isinstance(x, AcctRecord)
 
 
-def is_delta(x) -> bool:
-    return isinstance(x, SessionDelta)
+def is_keyed_delta(kv) -> bool:
+    return isinstance(kv[1], SessionDelta)
 
 
 def nas_key(rec: AcctRecord) -> str:
@@ -182,16 +182,19 @@ def build_flow(
     # (tenant/nas, AcctRecord)
     session_out = op.stateful_flat_map("sessions", by_nas, partial(track_sessions, session_cfg))
     # (tenant/nas, SessionDelta | SessionSnapshot)
-    split = op.branch("is_delta", op.map("unkey_sessions", session_out, value_of), is_delta)
-    # trues: SessionDelta; falses: SessionSnapshot
-    by_sub = op.key_on("by_subscriber", split.trues, subscriber_key)
+    split = op.branch("is_delta", session_out, is_keyed_delta)
+    # trues: (tenant/nas, SessionDelta); falses: (tenant/nas, SessionSnapshot)
+    by_sub = op.key_on("by_subscriber", op.map("unkey_deltas", split.trues, value_of),
+                       subscriber_key)
     # (tenant/username, SessionDelta)
-    rated = op.map("unkey_rated", op.stateful_flat_map("rate", by_sub,
-                                                       partial(rate_delta, catalog)), value_of)
+    rated_keyed = op.stateful_flat_map("rate", by_sub, partial(rate_delta, catalog))
+    # (tenant/username, RatedPiece)
+    to_db = op.merge("to_db", rated_keyed, split.falses)
+    # (key, RatedPiece | SessionSnapshot)
+    op.output("usage_db", to_db,
+              db_sink or UsageDbSink(settings.dsn(), partitions=settings.db_writers))
+    rated = op.map("unkey_rated", rated_keyed, value_of)
     # RatedPiece
-    to_db = op.merge("to_db", rated, split.falses)
-    # RatedPiece | SessionSnapshot
-    op.output("usage_db", to_db, db_sink or UsageDbSink(settings.dsn()))
     kop.output("usage_rated_out", op.map("rated_json", rated, rated_message), brokers=brokers,
                topic=settings.topic(topics.USAGE_RATED), add_config=kcfg)
     kop.output("deadletter_out", op.map("dead_json", dead, dead_letter_message),
