@@ -102,6 +102,28 @@ def _acct(status: str, session: str, user: str, **kw) -> dict:
     return attrs
 
 
+def _send_from(src_ip: str, port: int, secret: str, attrs: dict) -> bool:
+    """Send one Accounting-Request from ``src_ip`` (built with pyrad); True if answered."""
+    import socket
+
+    from pyrad.packet import AccountingRequest, AcctPacket
+
+    from collectors.radius.dictionary import load as load_dictionary
+
+    pkt = AcctPacket(code=AccountingRequest, secret=secret.encode(), dict=load_dictionary())
+    for name, value in attrs.items():
+        pkt[name] = value
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((src_ip, 0))
+        sock.settimeout(2)
+        sock.sendto(pkt.RequestPacket(), ("127.0.0.1", port))
+        try:
+            sock.recvfrom(4096)
+            return True
+        except socket.timeout:
+            return False
+
+
 def _rows(dsn: str, sql: str, *args):
     with psycopg.connect(dsn) as conn:
         return conn.execute(sql, args).fetchall()
@@ -138,6 +160,10 @@ def test_scenario_exact_bytes_and_money(spine):
     assert not spine.send(_acct("Interim-Update", "s1", "alice", ts=t0 + 950,
                                 in_oct=9_000_000_000, out_oct=1), secret="wrong")
     assert 'result="bad_authenticator"} 1' in spine.metrics()
+    # An unknown source (a NAS not in the inventory) gets no answer and bills nothing.
+    assert not _send_from("127.0.0.2", spine.port, SECRET, _acct(
+        "Interim-Update", "s1", "alice", ts=t0 + 960, in_oct=4_000_000_000, in_gw=2, out_oct=1))
+    assert 'result="unknown_source"} 1' in spine.metrics()
 
     def totals():
         rows = _rows(spine.dsn, "SELECT username, sum(upload_bytes), sum(download_bytes), "
