@@ -101,8 +101,52 @@ class DeadLetter(_Event):
     at: float
 
 
+ActionKind = Literal["notify", "throttle", "suspend", "disconnect", "resume"]
+
+
+class ActionEvent(_Event):
+    """An enforcement intent for one subscriber (topic ``actions``, keyed tenant/username).
+
+    ``intent_id`` is stable: the same crossing, replayed, carries the same id, so the
+    enforcer never applies it twice. Quota actions: a hash of tenant, subscriber, cycle
+    start, threshold and kind. Operator actions: a new id per request.
+    """
+
+    v: Literal[1] = 1
+    intent_id: str
+    tenant_id: str
+    username: str
+    kind: ActionKind
+    rate: str | None = Field(default=None, description="rate profile for throttle, e.g. 2M/2M")
+    source: Literal["quota", "operator", "cycle"]
+    reason: str
+    threshold_pct: int | None = None
+    cycle_start: str | None = Field(default=None, description="ISO date of the cycle")
+    cycle_end: str | None = Field(default=None, description="ISO date the cycle ends")
+    requested_by: str | None = Field(default=None, description="API key id (operator)")
+    at: float = Field(description="unix s: event time of the crossing, or request time")
+
+
+class ActionResult(_Event):
+    """What a NAS answered to one CoA/Disconnect attempt (topic ``actions.results``)."""
+
+    v: Literal[1] = 1
+    intent_id: str
+    tenant_id: str
+    username: str
+    nas_id: str
+    session_id: str
+    request: Literal["coa", "disconnect"]
+    outcome: Literal["ack", "nak", "timeout", "skipped"]
+    error_cause: int | None = None
+    attempts: int
+    at: float
+
+
 SCHEMAS: dict[str, type[BaseModel]] = {
     "radius.acct": AcctEvent,
     "usage.rated": RatedUsage,
     "deadletter": DeadLetter,
+    "actions": ActionEvent,
+    "actions.results": ActionResult,
 }
