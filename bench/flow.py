@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -28,27 +27,22 @@ from bytewax.dataflow import Dataflow
 import bytewax.operators as op
 from confluent_kafka import Producer
 
+from bench._common import ADMIN_DSN, dsn_for, machine_info, write_result
 from ispstream import topics
 from ispstream.db import migrate
 from ispstream.kafka import EmbeddedBroker, producer_config
 from ispstream.settings import Settings
 from pipelines.usage import build_flow, recovery_config
 
-ADMIN_DSN = os.environ.get("ISPSTREAM_DATABASE_URL",
-                           "postgresql://ispstream:ispstream@127.0.0.1:5432/ispstream")
 PARTITIONS = 16
 
 
-def _dsn(db: str) -> str:
-    return f"{ADMIN_DSN.rpartition('/')[0]}/{db}"
-
-
-def make_db(template: str | None, subscribers: int) -> str:
+def make_db(subscribers: int) -> str:
     """A fresh database with the schema and one tenant, plan and ``subscribers``."""
     name = f"ispbench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = _dsn(name)
+    dsn = dsn_for(name)
     migrate(dsn)
     with psycopg.connect(dsn) as conn:
         conn.execute("INSERT INTO tenants (id, timezone, currency) VALUES "
@@ -120,7 +114,7 @@ def run_passthrough(bootstrap: str, topic_in: str, topic_out: str) -> float:
     return time.perf_counter() - start
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.flow", description=__doc__)
     ap.add_argument("--sessions", type=int, default=2000)
     ap.add_argument("--interims", type=int, default=40)
@@ -139,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     usage_s, pass_s = [], []
     for r in range(args.rounds):
-        dsn = make_db(None, args.sessions)
+        dsn = make_db(args.sessions)
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 settings = Settings(database_url=dsn, kafka_bootstrap=broker.bootstrap,
@@ -158,14 +152,16 @@ def main(argv: list[str] | None = None) -> dict:
         "passthrough_events_per_s_median": round(n / statistics.median(pass_s)),
         "ratio_usage_to_passthrough_median": round(statistics.median(ratios), 3),
         "rounds": args.rounds,
+        "usage_seconds": [round(x, 3) for x in usage_s],
+        "passthrough_seconds": [round(x, 3) for x in pass_s],
+        "target_events_per_s": 30000,
+        "machine": machine_info(),
     }
-    print(json.dumps(result, indent=2))
-    out = Path("bench/results")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"flow-{int(time.time())}.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
+    print(f"result written to {write_result('flow', result)}")
     broker.close()
-    return result
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

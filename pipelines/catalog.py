@@ -1,8 +1,9 @@
 """The inventory as the usage flow sees it: tenant, plan and anchor day per subscriber.
 
-Loaded from PostgreSQL and refreshed incrementally (rows whose ``updated_at`` moved), so
-plan and subscriber changes apply without restarting the flow. Rating itself stays pure:
-the flow looks up a ``Tariff`` here and hands it to ``rating``.
+Loaded from PostgreSQL and refreshed on a background thread, incrementally (rows whose
+``updated_at`` moved) every ``refresh_s`` and in full every ``full_reload_s``, so plan and
+subscriber changes apply without restarting the flow and without stalling it. Rating
+itself stays pure: the flow looks up a ``Tariff`` here and hands it to ``rating``.
 """
 
 from __future__ import annotations
@@ -51,18 +52,23 @@ def plan_from_row(row: tuple) -> Plan:
 class Catalog:
     """Thread-safe, incrementally refreshed view of tenants, plans and subscribers."""
 
-    def __init__(self, dsn: str, refresh_s: float = 5.0) -> None:
+    def __init__(self, dsn: str, refresh_s: float = 5.0, full_reload_s: float = 600.0) -> None:
         self._dsn = dsn
         self._refresh_s = refresh_s
+        self._full_reload_s = full_reload_s
         self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
         self._tenants: dict[str, tuple[str, str]] = {}
         self._plans: dict[tuple[str, str], Plan] = {}
         self._subs: dict[tuple[str, str], tuple[str, int]] = {}
         self._since: datetime | None = None
-        self._next_refresh = 0.0
+        self._last_full = 0.0
 
-    def refresh(self) -> None:
-        """Read rows changed since the last refresh (everything the first time)."""
+    def refresh(self, full: bool = False) -> None:
+        """Read rows changed since the last refresh (everything the first time, or when
+        ``full``)."""
+        if full:
+            self._since = None
         with connect(self._dsn, autocommit=True) as conn:
             now = conn.execute("SELECT now()").fetchone()[0]
             since = self._since
@@ -84,16 +90,25 @@ class Catalog:
             for tid, user, plan_id, anchor in subs:
                 self._subs[(tid, user)] = (plan_id, anchor)
             self._since = now
+        if since is None:
+            self._last_full = time.monotonic()
         if tenants or plans or subs:
             log.info("catalog refreshed: %d tenant(s), %d plan(s), %d subscriber(s) changed",
                      len(tenants), len(plans), len(subs))
 
-    def maybe_refresh(self) -> None:
-        """Refresh when the refresh interval has passed (cheap otherwise)."""
-        if time.monotonic() >= self._next_refresh:
-            self._next_refresh = time.monotonic() + self._refresh_s
+    def start(self) -> None:
+        """Load everything now, then keep refreshing on a daemon thread."""
+        self.refresh(full=True)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="catalog-refresh",
+                                            daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self._refresh_s)
             try:
-                self.refresh()
+                self.refresh(full=time.monotonic() - self._last_full >= self._full_reload_s)
             except Exception:  # noqa: BLE001 - keep rating with what we know; retry later
                 log.exception("catalog refresh failed; using the previous inventory")
 

@@ -120,7 +120,6 @@ def track_sessions(cfg: dict, state: NasState | None, rec: AcctRecord):
 
 def rate_delta(catalog: Catalog, state: SubscriberUsage | None, delta: SessionDelta):
     """Per subscriber: rate one delta against the subscriber's current tariff."""
-    catalog.maybe_refresh()
     if state is None:
         state = SubscriberUsage()
     return state, state.rate(delta, catalog.tariff(delta.tenant_id, delta.username))
@@ -163,7 +162,7 @@ def build_flow(
     brokers = settings.require_kafka().split(",")
     kcfg = dict(settings.kafka_config)
     catalog = catalog or Catalog(settings.dsn(), settings.inventory_refresh_s)
-    catalog.refresh()
+    catalog.start()
     session_cfg = {"default_interim_interval": settings.default_interim_interval_s,
                    "stale_factor": settings.stale_factor}
 
