@@ -701,3 +701,39 @@ def test_spool_mode_keeps_order_and_returns_to_kafka(radius_dict, tmp_path, monk
     assert order == [("A", 1), ("B", 2), ("A", 3), ("A", 4)]
     rx.close()
     nas.close()
+
+
+# -- the NAS simulator against the collector -------------------------------------------
+
+def test_nas_simulator_against_the_collector(start_collector, nas_dsn, broker, acct_topic):
+    from ispstream.nas_simulator import NasSimulator
+
+    collector = start_collector(nas_dsn)
+    sim = NasSimulator(("127.0.0.1", collector.port), SECRET, subscribers=20,
+                       interim_s=0.3, duration_s=3.0, seed=5, rate_scale=200.0)
+    stats = sim.run()
+    assert stats.lost == 0 and stats.bad_replies == 0
+    assert stats.acked == stats.sent and stats.stops > 20  # churn, then a Stop each
+    records = consume(broker.bootstrap, acct_topic, expected=stats.acked)
+    assert len(records) == stats.acked
+    got = by_session(records)
+    statuses = [e.status for e in events(records)]
+    assert statuses.count("Accounting-On") == 1
+    for session, evs in got.items():
+        if evs[0].status == "Accounting-On":
+            continue
+        assert evs[0].status == "Start" and evs[-1].status == "Stop", session
+        assert all(e.status == "Interim-Update" for e in evs[1:-1]), session
+        totals = [(e.output_gigawords or 0) << 32 | (e.output_octets or 0) for e in evs]
+        assert totals == sorted(totals), session
+    assert any((e.output_gigawords or 0) > 0 for e in events(records))
+    assert collector.packets("acked") == stats.acked
+
+    # the command line runs it too, and exits 0 when every request was answered
+    out = subprocess.run(
+        [*collector_command()[:-2], "simulate", "nas", "--target",
+         f"127.0.0.1:{collector.port}", "--secret", NAS_SECRET, "--subscribers", "5",
+         "--interim", "0.5", "--duration", "1.5"],
+        capture_output=True, text=True, timeout=60, env=collector.env)
+    assert out.returncode == 0, out.stderr
+    assert "lost=0" in out.stderr
