@@ -1,4 +1,4 @@
-"""A simulated NAS: realistic RADIUS accounting for N subscribers (``ispstream simulate nas``).
+"""A simulated NAS sending realistic RADIUS accounting (``ispstream simulate nas``).
 
 Each subscriber has one session at a time: Accounting-On when the NAS "boots", then per
 session a Start, an Interim-Update every ``interim`` seconds with counters that only

@@ -224,7 +224,8 @@ def decode_accounting_request(data: bytes) -> AcctRequest:
                         identity = True
                     elif atype == MESSAGE_AUTHENTICATOR:
                         if alen != 18:
-                            raise MalformedPacket(f"Message-Authenticator has length {alen}")
+                            raise MalformedPacket(
+                                f"Message-Authenticator has length {alen}")
                         if ma_at < 0:
                             ma_at = i
                     else:  # Proxy-State: echoed in the reply, in order (RFC 2865 5.33)
@@ -305,7 +306,8 @@ def accounting_response(ident: int, request_authenticator: bytes, secret: bytes,
         attrs = b"".join(bytes((PROXY_STATE, len(p) + 2)) + p for p in proxy_states)
     if message_authenticator:
         attrs = bytes((MESSAGE_AUTHENTICATOR, 18)) + ZERO16 + attrs
-    header = bytes((ACCOUNTING_RESPONSE, ident)) + (HEADER_LEN + len(attrs)).to_bytes(2, "big")
+    length = HEADER_LEN + len(attrs)
+    header = bytes((ACCOUNTING_RESPONSE, ident)) + length.to_bytes(2, "big")
     if message_authenticator:
         mac = hmac.digest(secret, header + ZERO16 + attrs, "md5")
         attrs = attrs[:2] + mac + attrs[18:]

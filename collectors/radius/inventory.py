@@ -11,12 +11,10 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from ispstream.contracts import AcctEvent
+from collectors.radius.events import nas_prefix
 from ispstream.db import connect
 
 log = logging.getLogger(__name__)
-
-EVENT_FIELDS: tuple[str, ...] = tuple(AcctEvent.model_fields)
 
 
 @dataclass(frozen=True)
@@ -29,14 +27,6 @@ class Nas:
     secret: bytes = field(repr=False)
     require_message_authenticator: bool = False
 
-    def event_template(self) -> dict:
-        """An AcctEvent as a dict with every field, pre-filled for this NAS."""
-        template = {}
-        for name, info in AcctEvent.model_fields.items():
-            template[name] = None if info.is_required() else info.default
-        template.update(tenant_id=self.tenant_id, nas_id=self.nas_id, nas_ip=self.ip)
-        return template
-
     @property
     def key_prefix(self) -> str:
         return f"{self.tenant_id}/{self.nas_id}/"
@@ -45,13 +35,13 @@ class Nas:
 class NasEntry:
     """What the receive loop needs per NAS, precomputed."""
 
-    __slots__ = ("nas", "secret", "require_ma", "template", "key_prefix")
+    __slots__ = ("nas", "secret", "require_ma", "json_prefix", "key_prefix")
 
     def __init__(self, nas: Nas) -> None:
         self.nas = nas
         self.secret = nas.secret
         self.require_ma = nas.require_message_authenticator
-        self.template = nas.event_template()
+        self.json_prefix = nas_prefix(nas.tenant_id, nas.nas_id, nas.ip)
         self.key_prefix = nas.key_prefix
 
 

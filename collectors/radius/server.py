@@ -32,7 +32,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import hmac
-import json
 import logging
 import signal
 import socket
@@ -43,6 +42,7 @@ import time
 from confluent_kafka import KafkaError, Producer
 
 from collectors.radius import codec
+from collectors.radius.events import EventEncoder
 from collectors.radius.inventory import Inventory, NasEntry
 from collectors.radius.metrics import MetricsServer, render_family
 from collectors.radius.spool import Spool, SpoolError
@@ -82,29 +82,8 @@ _md5 = hashlib.md5
 _compare = hmac.compare_digest
 _ZERO16 = codec.ZERO16
 # Code, Identifier and Length of an Accounting-Response without attributes, by identifier
-_RESPONSE_HEAD = [bytes((codec.ACCOUNTING_RESPONSE, i, 0, codec.HEADER_LEN)) for i in range(256)]
-
-
-def _json_encoder():
-    """A compact JSON encoder for flat dicts of str/int/float/None.
-
-    ``json.dumps`` builds a new C encoder per call; this builds it once (about 20 %
-    faster per event), falling back to the public API when the C accelerator is absent.
-    """
-    from json import encoder as _je
-
-    if _je.c_make_encoder is None:  # pragma: no cover - CPython always has it
-        return json.JSONEncoder(separators=(",", ":")).encode
-    c_encode = _je.c_make_encoder(None, None, _je.encode_basestring_ascii, None, ":", ",",
-                                  False, False, True)
-
-    def encode(obj: dict) -> str:
-        return "".join(c_encode(obj, 0))
-
-    return encode
-
-
-_encode_json = _json_encoder()
+_RESPONSE_HEAD = [bytes((codec.ACCOUNTING_RESPONSE, i, 0, codec.HEADER_LEN))
+                  for i in range(256)]
 
 
 class Pending:
@@ -139,15 +118,6 @@ class DrainItem:
         self.ok = err is None
 
 
-def encode_event(entry: NasEntry, fields: dict, received_at: float) -> bytes:
-    """The AcctEvent JSON of an accepted request: a dict with exactly AcctEvent's fields
-    (no pydantic per packet; tests validate the output against the model)."""
-    event = entry.template.copy()
-    event.update(fields)
-    event["received_at"] = received_at
-    return _encode_json(event).encode()
-
-
 class Collector:
     """The receive / produce / spool / reply loop. Build with real or test adapters."""
 
@@ -158,6 +128,7 @@ class Collector:
         self.topic = topic
         self.spool = spool
         self.inventory = inventory
+        self.events = EventEncoder()
         self.stopping = threading.Event()
 
         self.counts = dict.fromkeys(RESULTS, 0)
@@ -223,6 +194,7 @@ class Collector:
         topic = self.topic
         spooling = self.spooling
         decode = codec.decode_accounting_request
+        encode_event = self.events.encode
         now = time.time
         n = 0
         while n < RECV_BATCH:
@@ -297,7 +269,7 @@ class Collector:
                 reply = codec.response_for(req, secret)
             p = Pending(key, addr, reply,
                         (entry.key_prefix + session_id).encode(),
-                        encode_event(entry, fields, received_at), reports)
+                        encode_event(entry.json_prefix, fields, received_at), reports)
             inflight[key] = p
             if spooling:
                 self._held.append(p)

@@ -132,6 +132,17 @@ class Spool:
         """Nothing buffered and everything synced has been committed as delivered."""
         return not self._buffered_records and self.depth == 0
 
+    @property
+    def all_read(self) -> bool:
+        """The reader is at the end of what has been synced."""
+        return self._reader == (self._write_seg, self._write_off)
+
+    @property
+    def clean(self) -> bool:
+        """Nothing left to delete: empty, on a fresh segment."""
+        return self.empty and self.committed == (self._write_seg, 0) == self._reader \
+            and self._write_off == 0
+
     def read(self, max_records: int) -> list[tuple[bytes, bytes, Position]]:
         """The next synced records after the reader position, with each one's end."""
         out: list[tuple[bytes, bytes, Position]] = []

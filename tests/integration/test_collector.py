@@ -422,7 +422,8 @@ def test_message_authenticator(start_collector, nas_dsn, broker, acct_topic, rad
     replies = send_raw(collector.port, [good], source="127.0.0.3", wait=5, expect=1)
     assert len(replies) == 1
     sent = AcctPacket(dict=radius_dict, secret=SECRET, packet=good)
-    assert sent.VerifyReply(sent.CreateReply(packet=replies[0]), replies[0], enforce_ma=True)
+    assert sent.VerifyReply(sent.CreateReply(packet=replies[0]), replies[0],
+                            enforce_ma=True)
 
     waiting.join()
     assert unsigned == []

@@ -361,7 +361,8 @@ def test_the_collector_drops_what_it_must(radius_dict, tmp_path):
     code_1[0] = 1
     cases.insert(2, (bytes(code_1), src, "unsupported_code"))
     sock, producer = _FakeSocket([]), _FakeProducer()
-    collector = server.Collector(sock, producer, "t", Spool(tmp_path), _FakeInventory(entry))
+    collector = server.Collector(sock, producer, "t", Spool(tmp_path),
+                                 _FakeInventory(entry))
     for data, addr, result in cases:
         before = dict(collector.counts)
         sock._datagrams.append((data, addr))
