@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from ispstream.apikeys import create_key
@@ -43,6 +44,26 @@ def start_broker(env: dict) -> tuple[subprocess.Popen, str]:
     return proc, line.split("=", 1)[1]
 
 
+def _wait_ready(procs: list[tuple[str, subprocess.Popen]], urls: dict[str, str],
+                timeout: float = 60) -> None:
+    """Wait until every URL answers; fail early, naming the process, if one exits."""
+    pending = dict(urls)
+    deadline = time.monotonic() + timeout
+    while pending:
+        for name, p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {p.returncode} during start-up")
+        for name, url in list(pending.items()):
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    del pending[name]
+            except OSError:
+                pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not ready after {timeout:.0f}s: {', '.join(pending)}")
+        time.sleep(0.3)
+
+
 def main(settings: Settings, subscribers: int = 300, duration: float = 0) -> int:
     """Run the demo until Ctrl-C (or ``duration`` seconds)."""
     state = Path("var/demo")
@@ -69,13 +90,14 @@ def main(settings: Settings, subscribers: int = 300, duration: float = 0) -> int
         for name, args in (("collector", ("collect", "radius")), ("flow", ("flow", "usage")),
                            ("api", ("api",))):
             procs.append((name, subprocess.Popen(_ispstream(*args), env=env)))
-        time.sleep(3)
+        host, port = settings.api_bind
+        api = f"http://{host}:{port}"
+        _wait_ready(procs, {"collector": f"http://{settings.collector_metrics_addr}/metrics",
+                            "api": f"{api}/healthz"})
         procs.append(("nas", subprocess.Popen(_ispstream(
             "simulate", "nas", "--target", DEMO_RADIUS, "--secret", DEMO_SECRET,
             "--subscribers", str(subscribers), "--username-prefix", "sub",
             "--interim", "10"), env=env)))
-        host, port = settings.api_bind
-        api = f"http://{host}:{port}"
         print(f"""
 ispstream demo is running
   Kafka bootstrap   {bootstrap}{"  (embedded: in memory, bounded retention)" if not settings.kafka_bootstrap else ""}
@@ -101,12 +123,16 @@ Ctrl-C stops everything.
         return 0
     except KeyboardInterrupt:
         return 0
+    except RuntimeError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
     finally:
+        # Stop in reverse start order (the NAS first, the broker last), each one
+        # finished before the next: the collector still has Kafka while it flushes.
         for _, p in reversed(procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for _, p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()

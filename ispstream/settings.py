@@ -57,7 +57,21 @@ class Settings(BaseSettings):
     snapshot_interval_s: float = 2.0
     default_interim_interval_s: int = 300
     stale_factor: float = 2.5
+    session_shards: int = Field(
+        default=16, ge=1, le=1024,
+        description="session state shards per NAS (small snapshots, big NAS over workers); "
+        "changing it needs a fresh recovery store")
     db_writers: int = Field(default=1, ge=1, description="database writer partitions")
+
+    # enforce flow (CoA / Disconnect to the NAS)
+    enforce_recovery_dir: Path = Path("var/recovery/enforce")
+    enforce_writers: int = Field(default=1, ge=1, description="enforcement sink partitions")
+    coa_timeout_s: float = Field(default=1.0, gt=0, description="first retransmission timeout")
+    coa_retries: int = Field(default=2, ge=0, description="retransmissions after the first send")
+    coa_deadline_s: float = Field(default=10.0, gt=0, description="give up on a request after")
+    coa_max_inflight_per_nas: int = Field(default=64, ge=1, le=256)
+    coa_vendors_file: Path | None = Field(default=None, description="vendor profiles YAML; "
+                                          "defaults to the shipped collectors/radius/vendors.yaml")
 
     # API
     api_addr: str = "127.0.0.1:8000"

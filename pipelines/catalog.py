@@ -16,6 +16,7 @@ from datetime import datetime, time as dtime
 from decimal import Decimal
 
 from ispstream.db import connect
+from rating.policies import QuotaPolicy, with_implicit_throttle
 from rating.tariff import OffPeakWindow, Plan, Tariff
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,23 @@ def _parse_hhmm(s: str) -> dtime:
     return dtime(0) if s == "24:00" else datetime.strptime(s, "%H:%M").time()
 
 
+def _json(value) -> list:
+    return json.loads(value) if isinstance(value, str) else (value or [])
+
+
 def plan_from_row(row: tuple) -> Plan:
     """Build a ``Plan`` from a ``plans`` row (tenant_id, id, fee, quota, counts, overage,
-    throttle, off_peak)."""
-    tenant_id, plan_id, fee, quota, counts, overage, throttle, off_peak = row
-    windows = json.loads(off_peak) if isinstance(off_peak, str) else (off_peak or [])
+    throttle, off_peak[, quota_policies, rate_limit]).
+
+    A fair-use plan (``throttle_rate``) without a policy at 100 % throttles there (the
+    inventory stores that policy; rows written otherwise get it here too)."""
+    tenant_id, plan_id, fee, quota, counts, overage, throttle, off_peak = row[:8]
+    policies, rate_limit = row[8:] if len(row) > 8 else ([], None)
+    windows = _json(off_peak)
+    quota_policies = tuple(QuotaPolicy(p["at"], p["action"], p.get("rate"))
+                           for p in _json(policies))
+    if quota is not None:
+        quota_policies = with_implicit_throttle(quota_policies, throttle)
     return Plan(
         tenant_id=tenant_id,
         plan_id=plan_id,
@@ -46,6 +59,8 @@ def plan_from_row(row: tuple) -> Plan:
             OffPeakWindow(_parse_hhmm(w["from"]), _parse_hhmm(w["to"]), Decimal(str(w["rate"])))
             for w in windows
         ),
+        quota_policies=quota_policies,
+        rate_limit=rate_limit,
     )
 
 
@@ -78,7 +93,8 @@ class Catalog:
                                    args).fetchall()
             plans = conn.execute(
                 "SELECT tenant_id, id, monthly_fee, quota_bytes, quota_counts, "
-                "overage_per_gb, throttle_rate, off_peak FROM plans" + cond, args).fetchall()
+                "overage_per_gb, throttle_rate, off_peak, quota_policies, rate_limit "
+                "FROM plans" + cond, args).fetchall()
             subs = conn.execute(
                 "SELECT tenant_id, username, plan_id, cycle_anchor_day FROM subscribers"
                 + cond, args).fetchall()
@@ -86,7 +102,12 @@ class Catalog:
             for tid, tz, cur in tenants:
                 self._tenants[tid] = (tz, cur.strip())
             for row in plans:
-                self._plans[(row[0], row[1])] = plan_from_row(row)
+                try:
+                    self._plans[(row[0], row[1])] = plan_from_row(row)
+                except (TypeError, ValueError, KeyError) as exc:
+                    # One bad row must not stop every other change from applying.
+                    log.error("plan %s/%s is invalid and keeps its previous version: %s",
+                              row[0], row[1], exc)
             for tid, user, plan_id, anchor in subs:
                 self._subs[(tid, user)] = (plan_id, anchor)
             self._since = now

@@ -7,10 +7,12 @@ Shape of the stream, step by step::
 
     radius.acct (Kafka)                      KafkaSourceMessage
     -> parse                                 AcctRecord | DeadLetter
-    -> by_nas / sessions (state per NAS)     SessionDelta | SessionSnapshot
-    -> by_subscriber / rate (per subscriber) RatedPiece
+    -> nas_clock (per NAS: route to shards, event-time ticks)
+    -> sessions (state per NAS shard)        SessionDelta | SessionSnapshot
+    -> by_subscriber / rate (per subscriber) RatedPiece | QuotaAction
     -> usage_db (PostgreSQL)                 rated pieces + session snapshots, one txn/batch
     -> usage.rated (Kafka)                   RatedUsage JSON, keyed tenant/username
+    -> actions (Kafka)                       ActionEvent JSON, keyed tenant/username
     -> deadletter (Kafka)                    DeadLetter JSON with the reason
 """
 
@@ -19,6 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zlib
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 
@@ -31,10 +35,11 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from pydantic import ValidationError
 
 from ispstream import topics
-from ispstream.contracts import AcctEvent, DeadLetter
+from ispstream.contracts import AcctEvent, ActionEvent, DeadLetter
 from ispstream.settings import Settings
 from pipelines.catalog import Catalog
 from pipelines.sinks import UsageDbSink
+from rating.policies import QuotaAction, rate_and_enforce
 from rating.sessions import AcctRecord, NasState, SessionDelta, event_time, total
 from rating.tariff import RatedPiece, SubscriberUsage
 
@@ -103,6 +108,17 @@ def is_keyed_delta(kv) -> bool:
     return isinstance(kv[1], SessionDelta)
 
 
+NAS_WIDE = ("Accounting-On", "Accounting-Off")
+TICK_EVERY = 60  # seconds of NAS event time between clock ticks to every shard
+
+
+@dataclass(frozen=True, slots=True)
+class ClockTick:
+    """The NAS's event-time clock reached ``at``: shards sweep for stale sessions."""
+
+    at: int
+
+
 def nas_key(rec: AcctRecord) -> str:
     return f"{rec.tenant_id}/{rec.nas_id}"
 
@@ -111,18 +127,55 @@ def subscriber_key(delta: SessionDelta) -> str:
     return f"{delta.tenant_id}/{delta.username or ''}"
 
 
-def track_sessions(cfg: dict, state: NasState | None, rec: AcctRecord):
-    """Per NAS: session state machine -> deltas and session snapshots."""
+def route_to_shards(shards: int, clock: tuple[int, int] | None, rec: AcctRecord):
+    """Per NAS: route a record to its session shard and keep the NAS's event-time clock.
+
+    Shard = stable hash of the session id, so each state snapshot stays small and one big
+    NAS spreads over workers. Accounting-On/Off concern every session of the NAS and go
+    to every shard. Every ``TICK_EVERY`` seconds of NAS event time, each shard gets a
+    ``ClockTick``, so stale sessions close even in a shard that is quiet itself.
+    State: (watermark, time of the last tick).
+    """
+    base = f"{rec.tenant_id}/{rec.nas_id}/"
+    if rec.status in NAS_WIDE:
+        out = [(f"{base}{i}", rec) for i in range(shards)]
+    else:
+        out = [(f"{base}{zlib.crc32(rec.session_id.encode()) % shards}", rec)]
+    watermark, last_tick = clock or (rec.event_time, rec.event_time)
+    if rec.event_time > watermark:
+        watermark = rec.event_time
+    if watermark - last_tick >= TICK_EVERY:
+        last_tick = watermark
+        out.extend((f"{base}{i}", ClockTick(watermark)) for i in range(shards))
+    return (watermark, last_tick), out
+
+
+def track_sessions(cfg: dict, state: NasState | None, item: AcctRecord | ClockTick):
+    """Per NAS shard: session state machine -> deltas and session snapshots."""
+    if isinstance(item, ClockTick):
+        return state, (state.sweep(item.at) if state is not None else [])
     if state is None:
         state = NasState(**cfg)
-    return state, state.apply(rec)
+    return state, state.apply(item)
 
 
 def rate_delta(catalog: Catalog, state: SubscriberUsage | None, delta: SessionDelta):
-    """Per subscriber: rate one delta against the subscriber's current tariff."""
+    """Per subscriber: rate one delta against the subscriber's current tariff; the quota
+    actions its pieces cause (thresholds reached, resumes) follow the pieces."""
     if state is None:
         state = SubscriberUsage()
-    return state, state.rate(delta, catalog.tariff(delta.tenant_id, delta.username))
+    pieces, actions = rate_and_enforce(state, delta,
+                                       catalog.tariff(delta.tenant_id, delta.username))
+    if actions:
+        for a in actions:
+            log.info("quota action %s %s for %s/%s: %s (intent %s)", a.kind,
+                     a.threshold_pct or "", a.tenant_id, a.username, a.reason, a.intent_id)
+        pieces.extend(actions)
+    return state, pieces
+
+
+def is_keyed_action(kv) -> bool:
+    return type(kv[1]) is QuotaAction
 
 
 def value_of(kv):
@@ -143,6 +196,16 @@ def rated_message(p: RatedPiece) -> KafkaSinkMessage:
     }
     return KafkaSinkMessage(key=f"{p.tenant_id}/{p.username}".encode(),
                             value=json.dumps(body, separators=(",", ":")).encode())
+
+
+def action_message(a: QuotaAction) -> KafkaSinkMessage:
+    """A quota action as an ``actions`` message (``ActionEvent``) keyed by subscriber."""
+    ev = ActionEvent(intent_id=a.intent_id, tenant_id=a.tenant_id, username=a.username,
+                     kind=a.kind, rate=a.rate, source=a.source, reason=a.reason,
+                     threshold_pct=a.threshold_pct, cycle_start=a.cycle_start.isoformat(),
+                     cycle_end=a.cycle_end.isoformat(), at=a.at)
+    return KafkaSinkMessage(key=f"{a.tenant_id}/{a.username}".encode(),
+                            value=ev.model_dump_json().encode())
 
 
 def dead_letter_message(d: DeadLetter) -> KafkaSinkMessage:
@@ -179,15 +242,24 @@ def build_flow(
     # DeadLetter
     by_nas = op.key_on("by_nas", valid.trues, nas_key)
     # (tenant/nas, AcctRecord)
-    session_out = op.stateful_flat_map("sessions", by_nas, partial(track_sessions, session_cfg))
-    # (tenant/nas, SessionDelta | SessionSnapshot)
+    routed = op.stateful_flat_map("nas_clock", by_nas,
+                                  partial(route_to_shards, settings.session_shards))
+    # (tenant/nas, (tenant/nas/shard, AcctRecord | ClockTick))
+    by_shard = op.map("by_shard", routed, value_of)
+    # (tenant/nas/shard, AcctRecord | ClockTick); On/Off and ticks go to every shard
+    session_out = op.stateful_flat_map("sessions", by_shard,
+                                       partial(track_sessions, session_cfg))
+    # (tenant/nas/shard, SessionDelta | SessionSnapshot)
     split = op.branch("is_delta", session_out, is_keyed_delta)
-    # trues: (tenant/nas, SessionDelta); falses: (tenant/nas, SessionSnapshot)
+    # trues: (key, SessionDelta); falses: (key, SessionSnapshot)
     by_sub = op.key_on("by_subscriber", op.map("unkey_deltas", split.trues, value_of),
                        subscriber_key)
     # (tenant/username, SessionDelta)
-    rated_keyed = op.stateful_flat_map("rate", by_sub, partial(rate_delta, catalog))
-    # (tenant/username, RatedPiece)
+    rate_out = op.stateful_flat_map("rate", by_sub, partial(rate_delta, catalog))
+    # (tenant/username, RatedPiece | QuotaAction)
+    is_action = op.branch("is_action", rate_out, is_keyed_action)
+    # trues: (tenant/username, QuotaAction); falses: (tenant/username, RatedPiece)
+    rated_keyed = is_action.falses
     to_db = op.merge("to_db", rated_keyed, split.falses)
     # (key, RatedPiece | SessionSnapshot)
     op.output("usage_db", to_db,
@@ -196,6 +268,10 @@ def build_flow(
     # RatedPiece
     kop.output("usage_rated_out", op.map("rated_json", rated, rated_message), brokers=brokers,
                topic=settings.topic(topics.USAGE_RATED), add_config=kcfg)
+    actions = op.map("unkey_actions", is_action.trues, value_of)
+    # QuotaAction (not to the database: the enforcer records what it receives)
+    kop.output("actions_out", op.map("action_json", actions, action_message),
+               brokers=brokers, topic=settings.topic(topics.ACTIONS), add_config=kcfg)
     kop.output("deadletter_out", op.map("dead_json", dead, dead_letter_message),
                brokers=brokers, topic=settings.topic(topics.DEADLETTER), add_config=kcfg)
     return flow
