@@ -1,0 +1,1 @@
+"""ispstream benchmarks: ``python -m bench`` runs every registered benchmark."""
