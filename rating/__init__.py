@@ -1,11 +1,13 @@
 """The money domain, pure: counters -> deltas (``sessions``), tariffs, off-peak splits,
-quota and overage (``tariff``), billing cycles (``cycles``), money rounding (``money``).
+quota and overage (``tariff``), quota policies and the actions they cause (``policies``),
+billing cycles (``cycles``), money rounding (``money``).
 
 No I/O, no clock, no stream framework: data in, data out.
 """
 
 from rating.cycles import Cycle, cycle_at
 from rating.money import overage_charge, round_money
+from rating.policies import QuotaAction, QuotaPolicy, rate_and_enforce
 from rating.sessions import (
     AcctRecord,
     NasState,
@@ -25,7 +27,8 @@ from rating.tariff import (
 )
 
 __all__ = [
-    "AcctRecord", "Cycle", "NasState", "OffPeakWindow", "Plan", "RatedPiece",
-    "SessionDelta", "SessionSnapshot", "SubscriberUsage", "Tariff", "cycle_at",
-    "event_time", "overage_charge", "record_id", "round_money", "split_span", "total",
+    "AcctRecord", "Cycle", "NasState", "OffPeakWindow", "Plan", "QuotaAction", "QuotaPolicy",
+    "RatedPiece", "SessionDelta", "SessionSnapshot", "SubscriberUsage", "Tariff", "cycle_at",
+    "event_time", "overage_charge", "rate_and_enforce", "record_id", "round_money",
+    "split_span", "total",
 ]

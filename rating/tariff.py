@@ -8,7 +8,7 @@ discounted, checked against the cycle's quota and priced with ``Decimal``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from functools import lru_cache
@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from rating.cycles import cycle_at
 from rating.money import overage_charge
+from rating.policies import QuotaPolicy, Threshold, thresholds
 from rating.sessions import SessionDelta, positional_constructor
 
 QUOTA_COUNTS = ("download", "upload", "total")
@@ -72,6 +73,11 @@ class Plan:
     overage_per_gb: Decimal | None  # price per 10^9 bytes past the quota
     throttle_rate: str | None  # fair-use rate after the quota (enforced elsewhere)
     off_peak: tuple[OffPeakWindow, ...] = ()
+    quota_policies: tuple[QuotaPolicy, ...] = ()  # thresholds with an action each
+    rate_limit: str | None = None  # the plan's normal rate profile, e.g. "100M/100M"
+    #: ``quota_policies`` in bytes of the quota, in the order they are reached (derived)
+    thresholds: tuple[Threshold, ...] = field(init=False, repr=False, compare=False,
+                                              default=())
 
     def __post_init__(self) -> None:
         _money("monthly_fee", self.monthly_fee)
@@ -83,6 +89,15 @@ class Plan:
             raise ValueError("quota_bytes must be a non-negative int or None")
         if not isinstance(self.off_peak, tuple):
             raise TypeError("off_peak must be a tuple of OffPeakWindow")
+        if not isinstance(self.quota_policies, tuple) or not all(
+                isinstance(p, QuotaPolicy) for p in self.quota_policies):
+            raise TypeError("quota_policies must be a tuple of QuotaPolicy")
+        if self.quota_policies and self.quota_bytes is None:
+            raise ValueError("quota policies need a quota (an unlimited plan has none)")
+        if len({p.at_pct for p in self.quota_policies}) != len(self.quota_policies):
+            raise ValueError("quota policies must have distinct thresholds (at_pct)")
+        object.__setattr__(self, "thresholds", thresholds(self.quota_bytes,
+                                                          self.quota_policies))
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,21 +213,29 @@ class SubscriberUsage:
     """Rating state of one subscriber (the stream keys it by tenant/username).
 
     Keeps the billable bytes used per billing cycle (the newest ``KEEP_CYCLES`` cycles)
-    and the last cycle it looked up. Picklable.
+    and the last cycle it looked up; ``quota`` holds the quota policies' state per cycle
+    (``rating.policies.CycleQuota``), None until the subscriber first reaches a threshold.
+    Picklable (a snapshot without quota state is the same 2-tuple as before policies).
     """
 
-    __slots__ = ("used", "_cycle")
+    __slots__ = ("used", "_cycle", "quota")
 
     def __init__(self) -> None:
         self.used: dict[date, int] = {}
         # (anchor_day, tz, start_ts, end_ts, start_date) of the last cycle looked up
         self._cycle: tuple | None = None
+        self.quota: dict | None = None
 
     def __getstate__(self):
-        return (self.used, self._cycle)
+        if self.quota is None:
+            return (self.used, self._cycle)
+        return (self.used, self._cycle, self.quota)
 
     def __setstate__(self, state) -> None:
-        self.used, self._cycle = state
+        if len(state) == 2:
+            (self.used, self._cycle), self.quota = state, None
+        else:
+            self.used, self._cycle, self.quota = state
 
     def cycle_used(self, cycle_start: date) -> int:
         """Billable bytes counted in the cycle that starts on ``cycle_start``."""
