@@ -97,6 +97,13 @@ def cmd_flow_usage(args: argparse.Namespace) -> int:
     return run_usage(get_settings(), workers=args.workers)
 
 
+def cmd_flow_enforce(args: argparse.Namespace) -> int:
+    """Run the enforce dataflow (Bytewax): actions -> CoA / Disconnect, with recovery."""
+    from pipelines.enforce import main as run_enforce
+
+    return run_enforce(get_settings(), workers=args.workers)
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     """Serve the HTTP API."""
     import uvicorn
@@ -184,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = flow.add_parser("usage", help="accounting -> rated usage -> database")
     s.add_argument("-w", "--workers", type=int, default=1, help="worker threads")
     s.set_defaults(func=cmd_flow_usage)
+    s = flow.add_parser("enforce", help="actions -> RADIUS CoA / Disconnect to the NAS")
+    s.add_argument("-w", "--workers", type=int, default=1, help="worker threads")
+    s.set_defaults(func=cmd_flow_enforce)
 
     s = sub.add_parser("api", help="HTTP API (FastAPI) on ISPSTREAM_API_ADDR")
     s.add_argument("--access-log", action="store_true")

@@ -1,0 +1,308 @@
+"""The enforce dataflow: actions -> CoA / Disconnect requests to the subscriber's NAS.
+
+Run it with ``ispstream flow enforce`` (recovery on), or build it in a test with
+``build_flow(settings, ...)`` and run it with ``bytewax.testing.run_main``.
+
+Shape of the stream, step by step::
+
+    radius.acct + actions + actions.results (Kafka)     KafkaSourceMessage
+    -> parse                                  AcctEvent | ActionEvent | ActionResult | DeadLetter
+    -> by_nas_shard / nas_index (per NAS shard)  AcctEvent | NasReset (Accounting-On/Off)
+    -> by_subscriber / enforce (per subscriber, timers for cycle ends)
+                                              Dispatch (one per session) | ActionRecord
+    -> enforce_out (sink: PostgreSQL intent, then the NAS, then the answer)
+                                              action_attempts, actions, enforcement_state;
+                                              ActionResult JSON on actions.results
+    -> deadletter (Kafka)                     DeadLetter JSON with the reason
+
+The answers come back through ``actions.results``: a NAK with Error-Cause 503 (the NAS
+has no such session) and an ACKed Disconnect close the session in the subscriber's state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from functools import partial
+from typing import Callable
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
+from bytewax.connectors.kafka import operators as kop
+from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulLogic
+from bytewax.outputs import Sink
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from pydantic import BaseModel, ValidationError
+
+from collectors.radius.vendors import load_profiles, parse_rate
+from ispstream import topics
+from ispstream.contracts import AcctEvent, ActionEvent, ActionResult, DeadLetter
+from ispstream.settings import Settings
+from pipelines.enforce_rules import (
+    Enforced,
+    NasReset,
+    NasSessions,
+    SubscriberConfig,
+    SubscriberEnforcement,
+    until_of,
+    with_enforced,
+)
+from pipelines.enforce_sink import EnforceCatalog, EnforceSink, load_enforced
+
+log = logging.getLogger(__name__)
+STAGE = "flow.enforce"
+
+
+# --- pure step functions --------------------------------------------------------------------
+
+def _dead_letter(topic: str, partition, offset, key, value, reason: str) -> DeadLetter:
+    return DeadLetter(
+        source_topic=topic,
+        partition=partition,
+        offset=offset,
+        key=key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
+        value=value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value),
+        reason=reason,
+        stage=STAGE,
+        at=time.time(),
+    )
+
+
+def _check_action(a: ActionEvent) -> None:
+    if a.kind == "throttle":
+        if not a.rate:
+            raise ValueError("a throttle action needs a rate")
+        parse_rate(a.rate)
+
+
+def parse_message(models: dict[str, type[BaseModel]], msg: KafkaSourceMessage):
+    """Validate a message of any of the three input topics against its contract; bad
+    ones become dead letters carrying the reason."""
+    topic = msg.topic or ""
+    model = models.get(topic)
+    try:
+        if model is None:
+            raise ValueError(f"unexpected topic {topic!r}")
+        if msg.value is None:
+            raise ValueError("empty message value")
+        ev = model.model_validate_json(msg.value)
+        if isinstance(ev, ActionEvent):
+            _check_action(ev)
+        return ev
+    except (ValidationError, ValueError) as exc:
+        reason = exc.errors(include_url=False) if isinstance(exc, ValidationError) else str(exc)
+        return _dead_letter(topic, msg.partition, msg.offset, msg.key, msg.value,
+                            f"invalid {model.__name__ if model else 'message'}: {reason}")
+
+
+def kafka_error_letter(err) -> DeadLetter:
+    m = err.msg
+    return _dead_letter(m.topic or "", m.partition, m.offset, m.key, m.value,
+                        f"kafka consumer error: {err.err}")
+
+
+def is_event(x) -> bool:
+    return not isinstance(x, DeadLetter)
+
+
+def is_acct(x) -> bool:
+    return isinstance(x, AcctEvent)
+
+
+NAS_SHARDS = 16
+NAS_WIDE = ("Accounting-On", "Accounting-Off")
+
+
+def shard_event(ev: AcctEvent) -> list[tuple[str, AcctEvent]]:
+    """Key by ``tenant/nas/shard`` (shard = stable hash of the session id): small state
+    snapshots, and a big NAS spreads over workers. Accounting-On/Off concern every
+    session of the NAS, so they go to every shard."""
+    base = f"{ev.tenant_id}/{ev.nas_id}/"
+    if ev.status in NAS_WIDE:
+        return [(f"{base}{i}", ev) for i in range(NAS_SHARDS)]
+    return [(f"{base}{zlib.crc32(ev.session_id.encode()) % NAS_SHARDS}", ev)]
+
+
+def subscriber_key(x: AcctEvent | NasReset | ActionEvent | ActionResult) -> str:
+    return f"{x.tenant_id}/{x.username}"
+
+
+def track_nas(state: NasSessions | None, ev: AcctEvent):
+    """Per NAS: who holds which session; Accounting-On/Off resets its subscribers."""
+    if state is None:
+        state = NasSessions()
+    return state, state.apply(ev)
+
+
+def value_of(kv):
+    return kv[1]
+
+
+def dead_letter_message(d: DeadLetter) -> KafkaSinkMessage:
+    return KafkaSinkMessage(key=(d.key or "").encode(), value=d.model_dump_json().encode())
+
+
+# --- the per-subscriber step -----------------------------------------------------------------
+
+@dataclass
+class EnforceEnv:
+    """What the per-subscriber step needs besides its state (not snapshotted)."""
+
+    cfg: SubscriberConfig = field(default_factory=SubscriberConfig)
+    timezone_of: Callable[[str], str | None] = lambda tenant: None
+    stored: dict[tuple[str, str], Enforced] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time
+
+
+class EnforceLogic(StatefulLogic):
+    """Bytewax wrapper around ``SubscriberEnforcement`` (the decisions are there)."""
+
+    def __init__(self, env: EnforceEnv, resume_state) -> None:
+        self.env = env
+        self.state = (SubscriberEnforcement.restore(resume_state)
+                      if resume_state is not None else None)
+
+    def on_item(self, value):
+        st = self.state
+        if st is None:
+            st = self.state = SubscriberEnforcement(value.tenant_id, value.username)
+            stored = self.env.stored.get((value.tenant_id, value.username))
+            if stored is not None:
+                with_enforced(st, stored)
+        if isinstance(value, AcctEvent):
+            out = st.on_acct(value)
+        elif isinstance(value, ActionEvent):
+            out = st.on_action(value, until_of(value, self.env.timezone_of(value.tenant_id)),
+                               self.env.cfg)
+        elif isinstance(value, ActionResult):
+            st.on_result(value)
+            out = []
+        elif isinstance(value, NasReset):
+            st.on_nas_reset(value)
+            out = []
+        else:
+            raise TypeError(f"unexpected item {type(value).__name__}")
+        # Retained even when idle: the applied intents must outlive replays.
+        return out, StatefulLogic.RETAIN
+
+    def on_notify(self):
+        if self.state is None:
+            return [], StatefulLogic.RETAIN
+        return self.state.on_time(self.env.clock(), self.env.cfg), StatefulLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        due = self.state.due_at() if self.state is not None else None
+        return None if due is None else datetime.fromtimestamp(due, timezone.utc)
+
+    def snapshot(self):
+        return self.state.snapshot() if self.state is not None else None
+
+
+def build_enforce_logic(env: EnforceEnv, resume_state) -> EnforceLogic:
+    return EnforceLogic(env, resume_state)
+
+
+# --- the dataflow ----------------------------------------------------------------------------
+
+def build_sink(settings: Settings, catalog: EnforceCatalog) -> EnforceSink:
+    """The real sink: PostgreSQL, the CoA client and a producer of ``actions.results``."""
+    from confluent_kafka import Producer
+
+    from collectors.radius.coa import AttributeEncoder, CoaClient
+    from collectors.radius.dictionary import load as load_dictionary
+    from ispstream.kafka import producer_config
+
+    dictionary = load_dictionary(settings.radius_dictionary)
+    bootstrap = settings.require_kafka()
+    kcfg = dict(settings.kafka_config)
+    return EnforceSink(
+        settings.dsn(),
+        catalog=catalog,
+        profiles=load_profiles(settings.coa_vendors_file, dictionary),
+        encoder=AttributeEncoder(dictionary),
+        client_factory=partial(CoaClient, timeout_s=settings.coa_timeout_s,
+                               retries=settings.coa_retries, deadline_s=settings.coa_deadline_s,
+                               max_inflight_per_nas=settings.coa_max_inflight_per_nas),
+        producer_factory=lambda: Producer(producer_config(bootstrap, kcfg)),
+        results_topic=settings.topic(topics.ACTION_RESULTS),
+        partitions=settings.enforce_writers,
+    )
+
+
+def build_flow(
+    settings: Settings,
+    *,
+    catalog: EnforceCatalog | None = None,
+    sink: Sink | None = None,
+    clock: Callable[[], float] = time.time,
+    tail: bool = True,
+) -> Dataflow:
+    """Build the enforce dataflow from settings (tests may pass their own sink/clock)."""
+    brokers = settings.require_kafka().split(",")
+    kcfg = dict(settings.kafka_config)
+    catalog = catalog or EnforceCatalog(settings.dsn(), settings.inventory_refresh_s)
+    catalog.refresh()
+    env = EnforceEnv(
+        cfg=SubscriberConfig(default_interim_interval=settings.default_interim_interval_s,
+                             stale_factor=settings.stale_factor),
+        timezone_of=catalog.timezone,
+        stored=load_enforced(settings.dsn()),
+        clock=clock,
+    )
+    models = {settings.topic(topics.RADIUS_ACCT): AcctEvent,
+              settings.topic(topics.ACTIONS): ActionEvent,
+              settings.topic(topics.ACTION_RESULTS): ActionResult}
+
+    flow = Dataflow("enforce")
+    inp = kop.input("enforce_in", flow, brokers=brokers, topics=list(models), tail=tail,
+                    add_config=kcfg)
+    # KafkaSourceMessage (oks) | KafkaError (errs)
+    parsed = op.map("parse", inp.oks, partial(parse_message, models))
+    # AcctEvent | ActionEvent | ActionResult | DeadLetter
+    valid = op.branch("valid", parsed, is_event)
+    # trues: events; falses: DeadLetter
+    dead = op.merge("dead", valid.falses, op.map("consumer_errors", inp.errs,
+                                                  kafka_error_letter))
+    # DeadLetter
+    acct = op.branch("is_acct", valid.trues, is_acct)
+    # trues: AcctEvent; falses: ActionEvent | ActionResult
+    by_nas = op.flat_map("by_nas_shard", acct.trues, shard_event)
+    # (tenant/nas/shard, AcctEvent); On/Off copied to every shard of the NAS
+    nas_out = op.stateful_flat_map("nas_index", by_nas, track_nas)
+    # (key, AcctEvent with a User-Name | NasReset per subscriber of a restarted NAS)
+    events = op.merge("events", op.map("unkey_nas", nas_out, value_of), acct.falses)
+    # AcctEvent | NasReset | ActionEvent | ActionResult
+    by_sub = op.key_on("by_subscriber", events, subscriber_key)
+    # (tenant/username, event)
+    decided = op.stateful("enforce", by_sub, partial(build_enforce_logic, env))
+    # (tenant/username, Dispatch | ActionRecord)
+    op.output("enforce_out", decided, sink or build_sink(settings, catalog))
+    kop.output("deadletter_out", op.map("dead_json", dead, dead_letter_message),
+               brokers=brokers, topic=settings.topic(topics.DEADLETTER), add_config=kcfg)
+    return flow
+
+
+def recovery_config(settings: Settings) -> RecoveryConfig:
+    """Recovery store for the flow, created on first use."""
+    rdir = settings.enforce_recovery_dir
+    if not rdir.exists() or not any(rdir.glob("part-*.sqlite3")):
+        rdir.mkdir(parents=True, exist_ok=True)
+        init_db_dir(rdir, settings.recovery_partitions)
+    return RecoveryConfig(rdir)
+
+
+def main(settings: Settings, workers: int = 1) -> int:
+    """Run the enforce flow in this process with recovery (resumes where it stopped)."""
+    from bytewax._bytewax import cli_main
+
+    flow = build_flow(settings)
+    log.info("enforce flow: %d worker(s), recovery in %s, snapshot every %.1fs",
+             workers, settings.enforce_recovery_dir, settings.snapshot_interval_s)
+    cli_main(flow, workers_per_process=workers,
+             epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
+             recovery_config=recovery_config(settings))
+    return 0
