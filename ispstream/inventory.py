@@ -12,7 +12,9 @@ when everything is valid, in one transaction of idempotent upserts:
 - items absent from the file are **not deleted**: the file adds and updates, it never
   removes (remove tenants, plans, NAS or subscribers with SQL, deliberately);
 - a subscriber's plan must be defined under the same tenant in the same file;
-- every apply writes one ``audit_log`` row per tenant in the file.
+- every apply writes one ``audit_log`` row per tenant in the file;
+- a plan with ``after_quota: {throttle: R}`` and no policy at 100 % is stored with the
+  policy ``{at: 100, action: throttle, rate: R}`` (the fair-use throttle, enforced).
 
 Format (GB = 10^9 bytes; money as decimal strings or numbers, read as ``Decimal``)::
 
@@ -27,6 +29,11 @@ Format (GB = 10^9 bytes; money as decimal strings or numbers, read as ``Decimal`
             quota_counts: total            # download | upload | total
             after_quota: {overage_per_gb: "1.50"}   # or {throttle: "2M/2M"}
             off_peak: [{from: "00:00", to: "06:00", rate: "0"}]
+            rate_limit: "500M/500M"        # the plan's normal rate (optional)
+            quota_policies:                # percent of quota_gb (1..1000), one per `at`
+              - {at: 80, action: notify}
+              - {at: 100, action: throttle, rate: "2M/2M"}   # rate: only for throttle
+              - {at: 120, action: suspend}
         nas:
           - ip: 192.0.2.1
             name: bng-1                    # optional, defaults to the address
@@ -56,6 +63,7 @@ from typing import Annotated, Any, Literal
 import psycopg
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -224,8 +232,42 @@ class AfterQuota(_Strict):
         return self
 
 
+def _rate_profile(v: str | None) -> str | None:
+    if v is not None and not _THROTTLE.match(v):
+        raise ValueError("must be a rate limit like '2M/2M' or '512k/1M' (rx/tx, optional "
+                         "k/M/G)")
+    return v
+
+
+RateProfile = Annotated[str, AfterValidator(_rate_profile)]
+
+
+class QuotaPolicySpec(_Strict):
+    """At ``at`` percent of the plan's quota, ``action`` (``rate`` only for throttle)."""
+
+    at: int = Field(ge=1, le=1000)
+    action: Literal["notify", "throttle", "suspend"]
+    rate: RateProfile | None = None
+
+    @model_validator(mode="after")
+    def _rate_for_throttle(self) -> "QuotaPolicySpec":
+        if self.action == "throttle" and self.rate is None:
+            raise ValueError("a throttle needs a rate, e.g. rate: \"2M/2M\"")
+        if self.action != "throttle" and self.rate is not None:
+            raise ValueError(f"rate is only for a throttle, not for {self.action}")
+        return self
+
+    def as_json(self) -> dict[str, Any]:
+        """The stored form: ``{"at": 100, "action": "throttle", "rate": "2M/2M"}``."""
+        out: dict[str, Any] = {"at": self.at, "action": self.action}
+        if self.rate is not None:
+            out["rate"] = self.rate
+        return out
+
+
 class PlanSpec(_Strict):
-    """A plan: monthly fee, optional quota, after-quota behaviour and off-peak windows."""
+    """A plan: monthly fee, optional quota, after-quota behaviour, off-peak windows, quota
+    policies and its normal rate."""
 
     id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     monthly_fee: Money
@@ -233,6 +275,8 @@ class PlanSpec(_Strict):
     quota_counts: Literal["download", "upload", "total"] = "total"
     after_quota: AfterQuota | None = None
     off_peak: list[OffPeakWindow] = Field(default_factory=list)
+    quota_policies: list[QuotaPolicySpec] = Field(default_factory=list)
+    rate_limit: RateProfile | None = None
 
     @field_validator("quota_gb")
     @classmethod
@@ -253,7 +297,19 @@ class PlanSpec(_Strict):
             raise ValueError("after_quota is required when quota_gb is set")
         if self.quota_gb is None and self.after_quota is not None:
             raise ValueError("after_quota needs quota_gb (a plan without quota is unlimited)")
+        if self.quota_gb is None and self.quota_policies:
+            raise ValueError("quota_policies need quota_gb (a plan without quota is "
+                             "unlimited)")
         return self
+
+    def policies_json(self) -> list[dict[str, Any]]:
+        """The stored policies, by threshold: the file's, plus the fair-use throttle at
+        100 % (``after_quota: {throttle: R}``) unless a policy at 100 % is given."""
+        out = [p.as_json() for p in self.quota_policies]
+        throttle = self.after_quota.throttle if self.after_quota else None
+        if throttle is not None and all(p.at != 100 for p in self.quota_policies):
+            out.append({"at": 100, "action": "throttle", "rate": throttle})
+        return sorted(out, key=lambda p: p["at"])
 
     @property
     def quota_bytes(self) -> int | None:
@@ -405,6 +461,12 @@ def _cross_reference_errors(inv: Inventory, root: yaml.Node | None) -> list[str]
             if p.id in plans:
                 dup(f"plan id {p.id!r}", loc, plans[p.id])
             plans.setdefault(p.id, loc)
+            thresholds: dict[int, tuple] = {}
+            for qi, q in enumerate(p.quota_policies):
+                qloc = tloc + ("plans", pi, "quota_policies", qi, "at")
+                if q.at in thresholds:
+                    dup(f"threshold {q.at}%", qloc, thresholds[q.at])
+                thresholds.setdefault(q.at, qloc)
         names: dict[str, tuple] = {}
         for ni, n in enumerate(t.nas):
             loc = tloc + ("nas", ni)
@@ -495,7 +557,7 @@ def _upsert(table: str, cols: list[str], key: list[str], casts: dict[str, str]) 
 
 _TENANT_COLS = ["id", "timezone", "currency"]
 _PLAN_COLS = ["tenant_id", "id", "monthly_fee", "quota_bytes", "quota_counts",
-              "overage_per_gb", "throttle_rate", "off_peak"]
+              "overage_per_gb", "throttle_rate", "off_peak", "quota_policies", "rate_limit"]
 _NAS_COLS = ["tenant_id", "id", "ip", "secret", "vendor", "coa_port",
              "require_message_authenticator"]
 _SUB_COLS = ["tenant_id", "username", "plan_id", "cycle_anchor_day"]
@@ -504,7 +566,8 @@ _SQL = {
     "tenants": _upsert("tenants", _TENANT_COLS, ["id"], {"currency": "char(3)"}),
     "plans": _upsert("plans", _PLAN_COLS, ["tenant_id", "id"],
                      {"monthly_fee": "numeric", "quota_bytes": "bigint",
-                      "overage_per_gb": "numeric", "off_peak": "jsonb"}),
+                      "overage_per_gb": "numeric", "off_peak": "jsonb",
+                      "quota_policies": "jsonb"}),
     "nas": _upsert("nas", _NAS_COLS, ["tenant_id", "id"],
                    {"ip": "inet", "coa_port": "integer",
                     "require_message_authenticator": "boolean"}),
@@ -524,7 +587,8 @@ def _rows(t: TenantSpec) -> dict[str, list[tuple]]:
             (t.id, p.id, p.monthly_fee, p.quota_bytes, p.quota_counts,
              p.after_quota.overage_per_gb if p.after_quota else None,
              p.after_quota.throttle if p.after_quota else None,
-             json.dumps([w.as_json() for w in p.off_peak]))
+             json.dumps([w.as_json() for w in p.off_peak]),
+             json.dumps(p.policies_json()), p.rate_limit)
             for p in t.plans
         ],
         "nas": [

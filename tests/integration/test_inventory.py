@@ -12,6 +12,8 @@ import psycopg
 import pytest
 
 from ispstream.inventory import InventoryError, apply_file
+from pipelines.catalog import Catalog
+from rating.policies import QuotaPolicy
 
 pytestmark = pytest.mark.integration
 
@@ -95,6 +97,13 @@ def test_apply_stores_exact_values(pg_dsn, tmp_path):
             ("lte-half", Decimal("9.99"), 500_000_000, "download", None, "2M/2M", []),
             ("unlimited", Decimal("59"), None, "total", None, None, []),
         ]
+        # the fair-use plan throttles at 100 % (implicit policy); no rate limits given
+        assert conn.execute("SELECT id, quota_policies, rate_limit FROM plans "
+                            "ORDER BY id").fetchall() == [
+            ("fiber-500", [], None),
+            ("lte-half", [{"at": 100, "action": "throttle", "rate": "2M/2M"}], None),
+            ("unlimited", [], None),
+        ]
         nas = conn.execute(
             "SELECT id, host(ip), secret, vendor, coa_port, require_message_authenticator "
             "FROM nas ORDER BY id").fetchall()
@@ -107,6 +116,76 @@ def test_apply_stores_exact_values(pg_dsn, tmp_path):
     ((tenant, action, target, detail),) = audit_rows(pg_dsn)
     assert (tenant, action, target) == ("acme", "inventory.apply", "inventory.yaml")
     assert detail["subscribers"] == {"created": 3, "updated": 0, "unchanged": 0}
+
+
+POLICIES = SMALL.replace(
+    '        off_peak: [{from: "00:00", to: "06:00", rate: "0"}, '
+    '{from: "22:00", to: "02:00", rate: "0.5"}]\n',
+    '        off_peak: [{from: "00:00", to: "06:00", rate: "0"}, '
+    '{from: "22:00", to: "02:00", rate: "0.5"}]\n'
+    '        rate_limit: "500M/500M"\n'
+    "        quota_policies:\n"
+    "          - {at: 120, action: suspend}\n"
+    "          - {at: 80, action: notify}\n"
+    '          - {at: 100, action: throttle, rate: "2M/2M"}\n'
+).replace('        monthly_fee: "59"\n', '        monthly_fee: "59"\n        rate_limit: 1G/1G\n')
+
+
+def plan_policies(dsn: str) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT id, quota_policies, rate_limit FROM plans "
+                            "ORDER BY id").fetchall()
+
+
+def test_apply_stores_quota_policies_and_rate_limits(pg_dsn, tmp_path):
+    assert POLICIES.count("rate_limit") == 2
+    apply_file(pg_dsn, write(tmp_path, POLICIES))
+    assert plan_policies(pg_dsn) == [
+        ("fiber-500", [{"at": 80, "action": "notify"},
+                       {"at": 100, "action": "throttle", "rate": "2M/2M"},
+                       {"at": 120, "action": "suspend"}], "500M/500M"),
+        ("lte-half", [{"at": 100, "action": "throttle", "rate": "2M/2M"}], None),
+        ("unlimited", [], "1G/1G"),
+    ]
+    # The usage flow's view of the same rows.
+    catalog = Catalog(pg_dsn)
+    catalog.refresh(full=True)
+    fiber = catalog.tariff("acme", "alice").plan
+    assert fiber.quota_policies == (QuotaPolicy(80, "notify"),
+                                    QuotaPolicy(100, "throttle", "2M/2M"),
+                                    QuotaPolicy(120, "suspend"))
+    assert fiber.rate_limit == "500M/500M"
+    assert [t.bytes for t in fiber.thresholds] == [400 * 10**9, 500 * 10**9, 600 * 10**9]
+    assert catalog.tariff("acme", "bob").plan.quota_policies == (
+        QuotaPolicy(100, "throttle", "2M/2M"),)
+    assert catalog.tariff("acme", "carol").plan.rate_limit == "1G/1G"
+
+    # Reordering the file's policies changes nothing; changing one updates that plan.
+    before = snapshot(pg_dsn)
+    reordered = POLICIES.replace("          - {at: 120, action: suspend}\n", "").replace(
+        '          - {at: 100, action: throttle, rate: "2M/2M"}\n',
+        '          - {at: 100, action: throttle, rate: "2M/2M"}\n'
+        "          - {at: 120, action: suspend}\n")
+    assert reordered != POLICIES
+    assert apply_file(pg_dsn, write(tmp_path, reordered)).endswith(
+        "(upserted: 0 created, 0 updated, 9 unchanged)")
+    assert snapshot(pg_dsn) == before
+    changed = POLICIES.replace('{at: 100, action: throttle, rate: "2M/2M"}',
+                               '{at: 100, action: throttle, rate: "4M/4M"}')
+    assert apply_file(pg_dsn, write(tmp_path, changed)).endswith(
+        "(upserted: 0 created, 1 updated, 8 unchanged)")
+    assert plan_policies(pg_dsn)[0][1][1] == {"at": 100, "action": "throttle",
+                                              "rate": "4M/4M"}
+
+
+def test_invalid_policy_applies_nothing(pg_dsn, tmp_path):
+    bad = POLICIES.replace("{at: 80, action: notify}", "{at: 100, action: notify}")
+    with pytest.raises(InventoryError) as info:
+        apply_file(pg_dsn, write(tmp_path, bad))
+    assert info.value.errors == [
+        "tenants[0].plans[0].quota_policies[2].at (line 16): duplicate threshold 100% "
+        "(first at line 15)"]
+    assert snapshot(pg_dsn) == {t: [] for t in TABLES}
 
 
 def test_second_apply_changes_nothing(pg_dsn, tmp_path):

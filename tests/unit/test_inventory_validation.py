@@ -241,3 +241,115 @@ def test_empty_and_non_mapping_documents():
         "tenants (line 1): Field required",
         "tenant (line 1): Extra inputs are not permitted",
     ]
+
+
+# --- quota policies and rate limits ---------------------------------------------------------
+
+# BASE with the first plan's normal rate and policies (lines 12-16); lte follows at line 17.
+POLICIES = with_line(11, """\
+        off_peak: [{from: "00:00", to: "06:00", rate: "0"}]
+        rate_limit: "100M/100M"
+        quota_policies:
+          - {at: 80, action: notify}
+          - {at: 100, action: throttle, rate: "2M/2M"}
+          - {at: 120, action: suspend}""")
+
+
+def policy_line(line_no: int, new: str) -> str:
+    lines = POLICIES.splitlines()
+    lines[line_no - 1] = new
+    return "\n".join(lines) + "\n"
+
+
+def test_quota_policies_and_rate_limit():
+    fiber, lte = parse(POLICIES).inventory.tenants[0].plans
+    assert fiber.rate_limit == "100M/100M" and lte.rate_limit is None
+    assert fiber.policies_json() == [{"at": 80, "action": "notify"},
+                                     {"at": 100, "action": "throttle", "rate": "2M/2M"},
+                                     {"at": 120, "action": "suspend"}]
+    # after_quota: {throttle: "2M/2M"} and no policy at 100 %: the implicit throttle
+    assert lte.quota_policies == []
+    assert lte.policies_json() == [{"at": 100, "action": "throttle", "rate": "2M/2M"}]
+
+
+def test_stored_policies_are_sorted_and_an_explicit_100_replaces_the_implicit_throttle():
+    text = POLICIES.replace('        after_quota: {throttle: "2M/2M"}\n', """\
+        after_quota: {throttle: "2M/2M"}
+        rate_limit: 512k/1M
+        quota_policies:
+          - {at: 150, action: suspend}
+          - {at: 100, action: notify}
+""")
+    fiber, lte = parse(text).inventory.tenants[0].plans
+    assert lte.rate_limit == "512k/1M"
+    assert lte.policies_json() == [{"at": 100, "action": "notify"},
+                                   {"at": 150, "action": "suspend"}]
+    text = text.replace("{at: 100, action: notify}", "{at: 90, action: notify}")
+    assert parse(text).inventory.tenants[0].plans[1].policies_json() == [
+        {"at": 90, "action": "notify"}, {"at": 100, "action": "throttle", "rate": "2M/2M"},
+        {"at": 150, "action": "suspend"}]
+
+
+@pytest.mark.parametrize(
+    ("line", "new", "expected"),
+    [
+        (14, "          - {at: 0, action: notify}",
+         "tenants[0].plans[0].quota_policies[0].at (line 14): Input should be greater than "
+         "or equal to 1"),
+        (14, "          - {at: 1001, action: notify}",
+         "tenants[0].plans[0].quota_policies[0].at (line 14): Input should be less than or "
+         "equal to 1000"),
+        (14, '          - {at: "80", action: notify}',
+         "tenants[0].plans[0].quota_policies[0].at (line 14): Input should be a valid "
+         "integer"),
+        (14, "          - {at: 80.5, action: notify}",
+         "tenants[0].plans[0].quota_policies[0].at (line 14): Input should be a valid "
+         "integer"),
+        (14, "          - {at: 80, action: warn}",
+         "tenants[0].plans[0].quota_policies[0].action (line 14): Input should be 'notify', "
+         "'throttle' or 'suspend'"),
+        (14, "          - {action: notify}",
+         "tenants[0].plans[0].quota_policies[0].at (line 14): Field required"),
+        (15, "          - {at: 100, action: throttle}",
+         "tenants[0].plans[0].quota_policies[1] (line 15): a throttle needs a rate"),
+        (14, '          - {at: 80, action: notify, rate: "1M/1M"}',
+         "tenants[0].plans[0].quota_policies[0] (line 14): rate is only for a throttle, not "
+         "for notify"),
+        (16, '          - {at: 120, action: suspend, rate: "1M/1M"}',
+         "tenants[0].plans[0].quota_policies[2] (line 16): rate is only for a throttle, not "
+         "for suspend"),
+        (15, '          - {at: 100, action: throttle, rate: "fast"}',
+         "tenants[0].plans[0].quota_policies[1].rate (line 15): must be a rate limit like "
+         "'2M/2M' or '512k/1M'"),
+        (15, '          - {at: 100, action: throttle, rate: "2M"}',
+         "tenants[0].plans[0].quota_policies[1].rate (line 15): must be a rate limit like"),
+        (16, "          - {at: 120, action: suspend, colour: red}",
+         "tenants[0].plans[0].quota_policies[2].colour (line 16): Extra inputs are not "
+         "permitted"),
+        (15, '          - {at: 80, action: throttle, rate: "1M/1M"}',
+         "tenants[0].plans[0].quota_policies[1].at (line 15): duplicate threshold 80% "
+         "(first at line 14)"),
+        (12, '        rate_limit: "100 Mbit/s"',
+         "tenants[0].plans[0].rate_limit (line 12): must be a rate limit like '2M/2M'"),
+        (12, "        rate_limit: 100",
+         "tenants[0].plans[0].rate_limit (line 12): Input should be a valid string"),
+    ],
+)
+def test_invalid_policy_names_path_and_line(line, new, expected):
+    errors = errors_of(policy_line(line, new))
+    assert any(e.startswith(expected) for e in errors), errors
+
+
+def test_quota_policies_need_a_quota():
+    text = POLICIES.replace("        quota_gb: 500\n", "").replace(
+        '        after_quota: {overage_per_gb: "1.50"}\n', "")
+    assert errors_of(text) == ["tenants[0].plans[0] (line 6): quota_policies need quota_gb "
+                               "(a plan without quota is unlimited)"]
+
+
+def test_quota_policies_must_be_a_list():
+    lines = POLICIES.splitlines()
+    text = "\n".join(lines[:12] + ["        quota_policies: {at: 80, action: notify}"]
+                     + lines[16:]) + "\n"
+    assert errors_of(text) == ["tenants[0].plans[0].quota_policies (line 13): Input should "
+                               "be a valid list"]
