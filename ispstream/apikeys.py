@@ -21,8 +21,9 @@ from ispstream.db import connect
 
 log = logging.getLogger(__name__)
 
-Role = Literal["customer", "operator", "analyst", "admin"]
-ROLES: tuple[str, ...] = ("customer", "operator", "analyst", "admin")
+Role = Literal["customer", "operator", "analyst", "admin", "radius"]
+# radius: a FreeRADIUS server calling the RADIUS authorization endpoint, nothing else.
+ROLES: tuple[str, ...] = ("customer", "operator", "analyst", "admin", "radius")
 PREFIX = "isk"
 _KEY = re.compile(r"^isk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 

@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                      required=True)
     s = keys.add_parser("create", help="create a key and print it (stored hashed)")
     s.add_argument("--tenant", required=True)
-    s.add_argument("--role", required=True, choices=["customer", "operator", "analyst", "admin"])
+    s.add_argument("--role", required=True, choices=["customer", "operator", "analyst", "admin",
+                                                    "radius"])
     s.add_argument("--subscriber", help="for role customer: the subscriber's username")
     s.set_defaults(func=cmd_apikey_create)
 

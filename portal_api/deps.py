@@ -2,8 +2,13 @@
 
 - ``ConnDep``: a pooled connection for this request (autocommit; work runs inside
   ``tenant_transaction``).
-- ``Reader``: the authenticated caller, allowed to read subscriber data (any role;
-  customers are further limited to their own subscriber by the services).
+- ``Reader``: the authenticated caller, allowed to read subscriber data (any role but
+  radius; customers are further limited to their own subscriber by the services).
+- ``Operator``: an operator or admin (enforcement actions).
+- ``EnforcementReader``: an operator, admin or customer (their own subscriber only).
+- ``RadiusCaller``: a FreeRADIUS server (role radius); 403 for any other or no key.
+- ``PublisherDep``: the app's Kafka publisher; ``RadiusRepliesDep``: the RADIUS reply
+  attribute mapping.
 - ``NowDep``: the app's clock (tests pass a fixed one to ``create_app``).
 - ``UsageWindowDep``: the validated ``from`` / ``to`` / ``granularity`` query.
 """
@@ -24,6 +29,8 @@ from pydantic import AwareDatetime, BeforeValidator
 from ispstream.apikeys import ROLES, Principal, authenticate
 from ispstream.settings import Settings
 from portal_api.db import ConnectionPool, DatabaseUnavailable, api_role_transaction
+from portal_api.publisher import Publisher
+from portal_api.radius_replies import RadiusReplies
 
 
 def get_settings(request: Request) -> Settings:
@@ -90,7 +97,51 @@ def require_roles(*roles: str) -> Callable[[Principal], Principal]:
     return check
 
 
-Reader = Annotated[Principal, Depends(require_roles(*ROLES))]
+Reader = Annotated[Principal, Depends(require_roles(
+    *(r for r in ROLES if r != "radius")))]
+Operator = Annotated[Principal, Depends(require_roles("operator", "admin"))]
+EnforcementReader = Annotated[Principal, Depends(require_roles("operator", "admin",
+                                                               "customer"))]
+
+
+def radius_caller(
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)], conn: ConnDep,
+) -> Principal:
+    """A key of role radius. Anything else is a 403, never a 401: FreeRADIUS's rest
+    module turns a 401 into an Access-Reject, and a mistyped key must not reject every
+    subscriber (a 403 is its ``userlock``, which the shipped policy treats like
+    ispstream being unreachable)."""
+    if creds is None or not creds.credentials:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "missing API key (Authorization: "
+                            "Bearer <key of role radius>)")
+    with api_role_transaction(conn):
+        principal = authenticate(conn, creds.credentials)
+    if principal is None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid API key")
+    if principal.role != "radius":
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            f"role {principal.role} may not use this endpoint")
+    return principal
+
+
+RadiusCaller = Annotated[Principal, Depends(radius_caller)]
+
+
+def get_publisher(request: Request) -> Publisher:
+    """The app's Kafka publisher (its ``publish`` raises ``PublishError``, a 503, when
+    Kafka is not configured or does not confirm)."""
+    return request.app.state.publisher
+
+
+PublisherDep = Annotated[Publisher, Depends(get_publisher)]
+
+
+def get_radius_replies(request: Request) -> RadiusReplies:
+    """The RADIUS reply attribute mapping the app was created with."""
+    return request.app.state.radius_replies
+
+
+RadiusRepliesDep = Annotated[RadiusReplies, Depends(get_radius_replies)]
 
 
 def get_now(request: Request) -> datetime:

@@ -9,7 +9,9 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from portal_api.radius_replies import parse_rate
 
 DecimalStr = Annotated[str, Field(pattern=r"^-?\d+(\.\d+)?$", examples=["1.50"])]
 
@@ -120,3 +122,95 @@ class HealthPublic(BaseModel):
 
     status: Literal["ok", "unavailable"]
     checks: dict[str, CheckPublic]
+
+
+# --- enforcement ----------------------------------------------------------------------
+
+class ActionCreate(BaseModel):
+    """An operator's action on a subscriber."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["disconnect", "throttle", "suspend", "resume"]
+    reason: str = Field(min_length=1, max_length=500,
+                        description="why (recorded with the action and in the audit log)")
+    rate: str | None = Field(default=None, max_length=40, examples=["2M/2M"],
+                             description="throttle only (required): upload/download in "
+                             "bit/s with k, M or G, e.g. 2M/2M or 512k/4M")
+
+    @field_validator("reason")
+    @classmethod
+    def _reason_not_blank(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("reason must not be blank")
+        return v
+
+    @field_validator("rate")
+    @classmethod
+    def _rate_profile(cls, v: str | None) -> str | None:
+        return None if v is None else parse_rate(v, both=True).text
+
+    @model_validator(mode="after")
+    def _rate_with_throttle_only(self) -> "ActionCreate":
+        if self.action == "throttle" and self.rate is None:
+            raise ValueError("throttle needs a rate, e.g. 2M/2M")
+        if self.action != "throttle" and self.rate is not None:
+            raise ValueError(f"{self.action} takes no rate (only throttle does)")
+        return self
+
+
+class ActionAttemptPublic(BaseModel):
+    """One CoA or Disconnect request to the NAS holding one of the subscriber's sessions,
+    and what the NAS answered."""
+
+    nas_id: str
+    session_id: str
+    request: Literal["coa", "disconnect"]
+    state: Literal["sending", "ack", "nak", "timeout"]
+    error_cause: int | None = Field(description="RFC 5176 Error-Cause of a NAK")
+    attempts: int
+    created_at: datetime = Field(description="when it was first sent")
+    answered_at: datetime | None
+
+
+class ActionPublic(BaseModel):
+    """An enforcement action (intent) with each NAS's answer."""
+
+    intent_id: str
+    username: str
+    kind: str = Field(examples=["throttle"],
+                      description="notify, throttle, suspend, disconnect or resume")
+    rate: str | None
+    source: str = Field(examples=["operator"], description="quota, operator or cycle")
+    reason: str
+    threshold_pct: int | None
+    cycle_start: date | None
+    requested_by: str | None = Field(description="API key id, for operator actions "
+                                                 "(not shown to customers)")
+    at: datetime = Field(description="when it was requested (or the quota crossed)")
+    state: Literal["pending", "done", "partial", "failed", "no_sessions"]
+    created_at: datetime
+    completed_at: datetime | None
+    attempts: list[ActionAttemptPublic]
+
+
+class ActionPagePublic(BaseModel):
+    """A page of actions, newest first; pass ``next_cursor`` as ``cursor`` for more."""
+
+    items: list[ActionPublic]
+    next_cursor: str | None
+
+
+class EnforcementPublic(BaseModel):
+    """What is enforced on a subscriber now, why and since when, and the history."""
+
+    username: str
+    state: Literal["normal", "throttled", "suspended"]
+    rate: str | None = Field(description="the throttle rate")
+    reason: str | None
+    source: str | None
+    intent_id: str | None = Field(description="the action that set this state")
+    since: datetime | None
+    until: datetime | None = Field(description="when a cycle-bound state lifts by itself")
+    history: list[ActionPublic] = Field(description="actions, newest first")

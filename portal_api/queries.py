@@ -13,6 +13,9 @@ from datetime import date, datetime
 from decimal import Decimal
 
 import psycopg
+from psycopg.types.json import Jsonb
+
+from ispstream.contracts import ActionEvent
 
 _SUMS = """coalesce(sum(upload_bytes), 0), coalesce(sum(download_bytes), 0),
            coalesce(sum(billable_bytes), 0), coalesce(sum(zero_rated_bytes), 0),
@@ -157,3 +160,128 @@ def sessions(conn: psycopg.Connection, tenant_id: str, *, username: str | None,
         params,
     )
     return [dict(zip(SESSION_COLUMNS, row)) for row in cur.fetchall()]
+
+
+# --- enforcement ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RadiusView:
+    """What RADIUS authorization needs about one subscriber on one NAS."""
+
+    vendor: str
+    state: str | None           # None: no enforced state (normal)
+    rate: str | None
+    plan_throttle_rate: str | None
+    walled_garden: str | None
+
+
+def radius_view(conn: psycopg.Connection, tenant_id: str, nas_ip: str, username: str,
+                now: datetime) -> RadiusView | None:
+    """The NAS's vendor with the subscriber's enforced state (one indexed query: the NAS
+    by its unique IP, then primary-key lookups); None when the tenant has no NAS with
+    that IP. A state whose ``until`` has passed counts as none."""
+    row = conn.execute(
+        """SELECT n.vendor, e.state, e.rate, p.throttle_rate, p.walled_garden
+           FROM nas n
+           LEFT JOIN enforcement_state e
+             ON e.tenant_id = n.tenant_id AND e.username = %(user)s
+            AND (e.until IS NULL OR e.until > %(now)s)
+           LEFT JOIN subscribers s ON s.tenant_id = n.tenant_id AND s.username = %(user)s
+           LEFT JOIN plans p ON p.tenant_id = s.tenant_id AND p.id = s.plan_id
+           WHERE n.tenant_id = %(tenant)s AND n.ip = %(ip)s::inet""",
+        {"tenant": tenant_id, "ip": nas_ip, "user": username, "now": now},
+    ).fetchone()
+    return None if row is None else RadiusView(*row)
+
+
+def subscriber_exists(conn: psycopg.Connection, tenant_id: str, username: str) -> bool:
+    """Whether the tenant has subscriber ``username``."""
+    return conn.execute(
+        "SELECT 1 FROM subscribers WHERE tenant_id = %s AND username = %s",
+        (tenant_id, username),
+    ).fetchone() is not None
+
+
+def insert_action(conn: psycopg.Connection, event: ActionEvent, at: datetime) -> None:
+    """Record an action (state pending) as requested."""
+    conn.execute(
+        """INSERT INTO actions (tenant_id, intent_id, username, kind, rate, source, reason,
+                                threshold_pct, cycle_start, requested_by, at)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+        (event.tenant_id, event.intent_id, event.username, event.kind, event.rate,
+         event.source, event.reason, event.threshold_pct,
+         date.fromisoformat(event.cycle_start) if event.cycle_start else None,
+         event.requested_by, at),
+    )
+
+
+def insert_audit(conn: psycopg.Connection, tenant_id: str, api_key_id: str, action: str,
+                 target: str, detail: dict) -> None:
+    """Append to the audit trail."""
+    conn.execute(
+        "INSERT INTO audit_log (tenant_id, api_key_id, action, target, detail) "
+        "VALUES (%s, %s, %s, %s, %s)",
+        (tenant_id, api_key_id, action, target, Jsonb(detail)),
+    )
+
+
+STATE_COLUMNS = ("state", "rate", "reason", "source", "intent_id", "since", "until")
+
+
+def enforcement_state(conn: psycopg.Connection, tenant_id: str,
+                      username: str) -> dict | None:
+    """The enforced state row of the subscriber, or None (normal)."""
+    row = conn.execute(
+        f"""SELECT {", ".join(STATE_COLUMNS)} FROM enforcement_state
+            WHERE tenant_id = %s AND username = %s""",
+        (tenant_id, username),
+    ).fetchone()
+    return None if row is None else dict(zip(STATE_COLUMNS, row))
+
+
+ACTION_COLUMNS = ("intent_id", "username", "kind", "rate", "source", "reason",
+                  "threshold_pct", "cycle_start", "requested_by", "at", "state",
+                  "created_at", "completed_at")
+ATTEMPT_COLUMNS = ("nas_id", "session_id", "request", "state", "error_cause", "attempts",
+                   "created_at", "answered_at")
+
+
+def actions(conn: psycopg.Connection, tenant_id: str, *, username: str | None = None,
+            state: str | None = None, since: datetime | None = None, limit: int,
+            after: tuple[datetime, str] | None = None) -> list[dict]:
+    """Actions newest first (at, intent_id descending), keyset-paged: ``after`` is the
+    sort key of the last row of the previous page. Each has its ``attempts``."""
+    where = ["tenant_id = %(tenant)s"]
+    params: dict = {"tenant": tenant_id, "limit": limit}
+    if username is not None:
+        where.append("username = %(user)s")
+        params["user"] = username
+    if state is not None:
+        where.append("state = %(state)s")
+        params["state"] = state
+    if since is not None:
+        where.append("at >= %(since)s")
+        params["since"] = since
+    if after is not None:
+        where.append("(at, intent_id) < (%(a_at)s, %(a_id)s)")
+        params.update(a_at=after[0], a_id=after[1])
+    rows = [dict(zip(ACTION_COLUMNS, r)) for r in conn.execute(
+        f"""SELECT {", ".join(ACTION_COLUMNS)} FROM actions
+            WHERE {" AND ".join(where)}
+            ORDER BY at DESC, intent_id DESC
+            LIMIT %(limit)s""",
+        params,
+    ).fetchall()]
+    by_intent: dict[str, list[dict]] = {r["intent_id"]: [] for r in rows}
+    if rows:
+        for r in conn.execute(
+            f"""SELECT intent_id, {", ".join(ATTEMPT_COLUMNS)} FROM action_attempts
+                WHERE tenant_id = %s AND intent_id = ANY(%s)
+                ORDER BY intent_id, created_at, nas_id, session_id""",
+            (tenant_id, list(by_intent)),
+        ).fetchall():
+            by_intent[r[0]].append(dict(zip(ATTEMPT_COLUMNS, r[1:])))
+    for r in rows:
+        r["attempts"] = by_intent[r["intent_id"]]
+    return rows

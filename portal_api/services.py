@@ -11,24 +11,36 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
+import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Callable
 from zoneinfo import ZoneInfo
 
 import psycopg
 
 from ispstream.apikeys import Principal
+from ispstream.contracts import ActionEvent
 from portal_api import queries
 from portal_api.models import (
+    ActionCreate,
+    ActionPagePublic,
+    ActionPublic,
     AfterQuotaPublic,
     CyclePublic,
+    EnforcementPublic,
     SessionPagePublic,
     SessionPublic,
     UsageBucketPublic,
     UsagePublic,
 )
+from portal_api.radius_replies import Attributes, RadiusReplies, parse_rate
 from rating.cycles import cycle_at
 from rating.money import round_money
+
+log = logging.getLogger(__name__)
 
 _HOUR = timedelta(hours=1)
 
@@ -198,3 +210,135 @@ def sessions(conn: psycopg.Connection, principal: Principal, *, username: str | 
         next_cursor=encode_cursor(rows[-1]) if more else None,
     )
 
+
+
+# --- enforcement ----------------------------------------------------------------------
+
+
+def _action_public(row: dict, principal: Principal) -> ActionPublic:
+    # Which API key asked is operator business, not the customer's.
+    if principal.role == "customer":
+        row = {**row, "requested_by": None}
+    return ActionPublic(**row)
+
+
+def enforcement(conn: psycopg.Connection, principal: Principal, username: str,
+                limit: int) -> EnforcementPublic:
+    """The enforced state of ``username`` (normal when none) and its newest actions."""
+    _subscriber(conn, principal, username)
+    row = queries.enforcement_state(conn, principal.tenant_id, username) or {
+        "state": "normal", "rate": None, "reason": None, "source": None,
+        "intent_id": None, "since": None, "until": None}
+    history = queries.actions(conn, principal.tenant_id, username=username, limit=limit)
+    return EnforcementPublic(username=username, **row,
+                             history=[_action_public(a, principal) for a in history])
+
+
+def request_action(conn: psycopg.Connection, principal: Principal, username: str,
+                   body: ActionCreate, now: datetime,
+                   publish: Callable[[str, bytes], None]) -> ActionEvent:
+    """Record an operator's action (``actions`` row, audit entry) and publish it.
+
+    ``publish(key, value)`` runs last, inside the caller's transaction: when Kafka does
+    not confirm the event it raises and the transaction rolls back, so nothing is
+    recorded. The key is ``tenant/username``: one subscriber's actions stay in order.
+    """
+    _subscriber(conn, principal, username)
+    event = ActionEvent(
+        intent_id=uuid.uuid4().hex,
+        tenant_id=principal.tenant_id,
+        username=username,
+        kind=body.action,
+        rate=body.rate,
+        source="operator",
+        reason=body.reason,
+        requested_by=principal.key_id,
+        at=now.timestamp(),
+    )
+    queries.insert_action(conn, event, now)
+    queries.insert_audit(conn, principal.tenant_id, principal.key_id,
+                         f"action.{body.action}", username,
+                         {"intent_id": event.intent_id, "rate": body.rate,
+                          "reason": body.reason})
+    publish(f"{event.tenant_id}/{event.username}", event.model_dump_json().encode())
+    return event
+
+
+def encode_action_cursor(row: dict) -> str:
+    """An opaque cursor for the position after action ``row``."""
+    raw = json.dumps([row["at"].isoformat(), row["intent_id"]])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_action_cursor(cursor: str) -> tuple[datetime, str]:
+    """The sort key encoded by ``encode_action_cursor``; ``QueryError`` when not one."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at_text, intent_id = json.loads(raw)
+        at = datetime.fromisoformat(at_text)
+        if at.tzinfo is None or not isinstance(intent_id, str):
+            raise ValueError
+        return at, intent_id
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise QueryError("cursor", "invalid cursor (use next_cursor from the previous page)") \
+            from None
+
+
+def actions(conn: psycopg.Connection, principal: Principal, *, state: str | None,
+            since: datetime | None, limit: int, cursor: str | None) -> ActionPagePublic:
+    """A page of the tenant's actions, newest first."""
+    after = decode_action_cursor(cursor) if cursor else None
+    rows = queries.actions(conn, principal.tenant_id, state=state, since=since,
+                           limit=limit + 1, after=after)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return ActionPagePublic(
+        items=[_action_public(r, principal) for r in rows],
+        next_cursor=encode_action_cursor(rows[-1]) if more else None,
+    )
+
+
+# --- RADIUS authorization -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RadiusAnswer:
+    """``reject``: refuse the Access-Request; otherwise accept with ``attributes`` (none:
+    FreeRADIUS carries on with its own configuration). ``nas_known`` False: the tenant
+    has no NAS with that IP."""
+
+    nas_known: bool
+    reject: bool = False
+    attributes: Attributes | None = None
+
+
+def radius_authorize(conn: psycopg.Connection, principal: Principal, username: str,
+                     nas_ip: str, now: datetime, replies: RadiusReplies) -> RadiusAnswer:
+    """What to answer FreeRADIUS for ``username`` re-authenticating on ``nas_ip``."""
+    view = queries.radius_view(conn, principal.tenant_id, nas_ip, username, now)
+    if view is None:
+        return RadiusAnswer(nas_known=False)
+    if view.state == "throttled":
+        text = view.rate or view.plan_throttle_rate
+        try:
+            rate = parse_rate(text) if text else None
+        except ValueError:
+            rate = None
+        if rate is None:
+            log.warning("subscriber %s is throttled with no usable rate (%r): "
+                        "no rate attribute sent", username, text)
+            return RadiusAnswer(nas_known=True)
+        attrs = replies.throttle(view.vendor, rate)
+        if not attrs:
+            log.warning("no throttle attribute for NAS vendor %s: subscriber %s "
+                        "re-authenticates without its throttle", view.vendor, username)
+        return RadiusAnswer(nas_known=True, attributes=attrs)
+    if view.state == "suspended":
+        if view.walled_garden:
+            attrs = replies.walled_garden(view.vendor, view.walled_garden)
+            if attrs:
+                return RadiusAnswer(nas_known=True, attributes=attrs)
+            log.warning("no walled-garden attribute for NAS vendor %s: rejecting "
+                        "suspended subscriber %s", view.vendor, username)
+        return RadiusAnswer(nas_known=True, reject=True)
+    return RadiusAnswer(nas_known=True)

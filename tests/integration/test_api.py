@@ -605,7 +605,10 @@ def test_openapi_documents_the_endpoints(pg_dsn):
         spec = client.get("/openapi.json").json()
         assert client.get("/docs").status_code == 200
     assert set(spec["paths"]) == {"/healthz", "/v1/subscribers/{username}/usage",
-                                  "/v1/subscribers/{username}/cycle", "/v1/sessions"}
+                                  "/v1/subscribers/{username}/cycle", "/v1/sessions",
+                                  "/v1/subscribers/{username}/actions",
+                                  "/v1/subscribers/{username}/enforcement", "/v1/actions",
+                                  "/v1/radius/authorize"}
     usage = spec["components"]["schemas"]["UsagePublic"]["properties"]
     assert "from" in usage and "charge_exact" in usage
 
