@@ -143,10 +143,119 @@ class ActionResult(_Event):
     at: float
 
 
+class IfRow(_Event):
+    """One interface as read in one poll (IF-MIB / ifXTable; counters are 64-bit raw)."""
+
+    if_index: int
+    name: str | None = Field(default=None, description="ifName (else ifDescr)")
+    alias: str | None = Field(default=None, description="ifAlias")
+    oper_status: int | None = Field(default=None, description="ifOperStatus: 1 up, 2 down, ...")
+    admin_status: int | None = None
+    high_speed_mbps: int | None = Field(default=None, description="ifHighSpeed")
+    in_octets: int | None = Field(default=None, description="ifHCInOctets")
+    out_octets: int | None = Field(default=None, description="ifHCOutOctets")
+    in_ucast_pkts: int | None = None
+    out_ucast_pkts: int | None = None
+
+
+class IfStatsPoll(_Event):
+    """One poll of one device's interfaces (topic ``snmp.ifstats``, keyed tenant/device)."""
+
+    v: Literal[1] = 1
+    tenant_id: str
+    device_id: str
+    at: float = Field(description="unix s when the poll's responses arrived (poller clock)")
+    sys_uptime_cs: int | None = Field(default=None, description="sysUpTime, centiseconds")
+    interfaces: list[IfRow]
+
+
+class TrapEvent(_Event):
+    """One SNMP trap or inform from a known device (topic ``snmp.traps``, keyed by device)."""
+
+    v: Literal[1] = 1
+    tenant_id: str
+    device_id: str
+    source_ip: str
+    received_at: float
+    snmp_version: Literal["v1", "v2c", "v3"]
+    trap_oid: str
+    kind: Literal["link_down", "link_up", "onu_los", "onu_dying_gasp", "onu_up", "cold_start",
+                  "warm_start", "other"]
+    if_index: int | None = None
+    pon: str | None = Field(default=None, description="PON port the ONU alarm concerns")
+    onu_id: str | None = Field(default=None, description="ONU id on the PON, or serial")
+    varbinds: dict[str, str] = Field(default_factory=dict, description="OID -> value text")
+
+
+class OnuReading(_Event):
+    """One ONU's optical readings; None where the OLT has no (valid) reading."""
+
+    pon: str = Field(description="PON port name as the OLT calls it, e.g. gpon_1/1/3")
+    onu_id: str = Field(description="ONU id on that PON (or its serial where that is the index)")
+    serial: str | None = None
+    online: bool | None = None
+    onu_rx_dbm: float | None = None
+    onu_tx_dbm: float | None = None
+    olt_rx_dbm: float | None = Field(default=None, description="the OLT's receive power from it")
+    temperature_c: float | None = None
+    voltage_v: float | None = None
+    bias_ma: float | None = None
+    distance_m: int | None = None
+
+
+class OnuOpticalPoll(_Event):
+    """One poll of one OLT's ONU optics (topic ``onu.optical``, keyed tenant/olt)."""
+
+    v: Literal[1] = 1
+    tenant_id: str
+    olt_id: str
+    profile: str = Field(description="vendor profile that decoded it")
+    at: float
+    onus: list[OnuReading]
+
+
+class DeviceStatus(_Event):
+    """A change of a device's SNMP reachability (topic ``device.status``)."""
+
+    v: Literal[1] = 1
+    tenant_id: str
+    device_id: str
+    at: float
+    reachable: bool
+    reason: str = Field(description="e.g. timeout, authentication failure, recovered")
+    consecutive_failures: int = 0
+
+
+class AlertEvent(_Event):
+    """A change of an alert (topic ``alerts``, keyed tenant/alert key)."""
+
+    v: Literal[1] = 1
+    tenant_id: str
+    alert_id: str
+    key: str = Field(description="stable dedup key, e.g. onu_low_rx:olt-1/gpon_1/1/3/7")
+    kind: str
+    severity: Literal["critical", "major", "minor", "warning", "info"]
+    state: Literal["open", "acknowledged", "cleared"]
+    device_id: str | None = None
+    object: str | None = Field(default=None, description="interface, PON port or ONU")
+    title: str
+    explanation: str
+    probable_cause: str | None = None
+    affected_subscribers: list[str] = Field(default_factory=list)
+    suppressed_by: str | None = Field(default=None, description="alert id that explains it")
+    opened_at: float
+    changed_at: float
+
+
 SCHEMAS: dict[str, type[BaseModel]] = {
     "radius.acct": AcctEvent,
     "usage.rated": RatedUsage,
     "deadletter": DeadLetter,
     "actions": ActionEvent,
     "actions.results": ActionResult,
+    "snmp.ifstats": IfStatsPoll,
+    "snmp.traps": TrapEvent,
+    "onu.optical": OnuOpticalPoll,
+    "device.status": DeviceStatus,
+    "alerts": AlertEvent,
 }
