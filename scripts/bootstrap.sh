@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql postgresql-contrib freeradius freeradius-utils freeradius-rest)
+APT_PACKAGES=(postgresql postgresql-contrib freeradius freeradius-utils freeradius-rest snmpd snmp snmptrapd)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
@@ -23,7 +23,11 @@ fi
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet freeradius 2>/dev/null; then
   $SUDO systemctl stop freeradius || true
 fi
-pkill -x freeradius 2>/dev/null || true
+# Only the packaged daemon (its pid file): tests and benchmarks run their own instances.
+if [ -f /run/freeradius/freeradius.pid ]; then
+  kill "$(cat /run/freeradius/freeradius.pid)" 2>/dev/null || true
+  rm -f /run/freeradius/freeradius.pid
+fi
 
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
