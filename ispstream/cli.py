@@ -90,6 +90,27 @@ def cmd_collect_radius(args: argparse.Namespace) -> int:
     return run_collector(get_settings())
 
 
+def cmd_collect_snmp(args: argparse.Namespace) -> int:
+    """Run the SNMP interface poller and (unless --no-traps) the trap receiver."""
+    from collectors.snmp import main as run_snmp
+
+    return run_snmp(get_settings(), traps=not args.no_traps)
+
+
+def cmd_collect_onu(args: argparse.Namespace) -> int:
+    """Run the ONU optical poller (OLT vendor profiles)."""
+    from collectors.onu import main as run_onu
+
+    return run_onu(get_settings())
+
+
+def cmd_flow_faults(args: argparse.Namespace) -> int:
+    """Run the fault-detection dataflow with recovery."""
+    from pipelines.faults import main as run_faults
+
+    return run_faults(get_settings(), workers=args.workers)
+
+
 def cmd_flow_usage(args: argparse.Namespace) -> int:
     """Run the usage dataflow (Bytewax) with recovery."""
     from pipelines.usage import main as run_usage
@@ -186,9 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
         dest="collector", required=True)
     s = col.add_parser("radius", help="RADIUS accounting collector (UDP)")
     s.set_defaults(func=cmd_collect_radius)
+    s = col.add_parser("snmp", help="SNMP interface poller and trap receiver")
+    s.add_argument("--no-traps", action="store_true", help="poll only, receive no traps")
+    s.set_defaults(func=cmd_collect_snmp)
+    s = col.add_parser("onu", help="ONU optical poller (OLT vendor profiles)")
+    s.set_defaults(func=cmd_collect_onu)
 
     flow = sub.add_parser("flow", help="streaming dataflows").add_subparsers(
         dest="flow", required=True)
+    s = flow.add_parser("faults", help="interfaces, optics and traps -> correlated alerts")
+    s.add_argument("-w", "--workers", type=int, default=1, help="worker threads")
+    s.set_defaults(func=cmd_flow_faults)
     s = flow.add_parser("usage", help="accounting -> rated usage -> database")
     s.add_argument("-w", "--workers", type=int, default=1, help="worker threads")
     s.set_defaults(func=cmd_flow_usage)

@@ -73,6 +73,18 @@ class Settings(BaseSettings):
     coa_vendors_file: Path | None = Field(default=None, description="vendor profiles YAML; "
                                           "defaults to the shipped collectors/radius/vendors.yaml")
 
+    # SNMP telemetry
+    snmp_trap_addr: str = Field(default="0.0.0.0:162", description="trap receiver UDP address")
+    snmp_metrics_addr: str = "127.0.0.1:9814"
+    onu_metrics_addr: str = "127.0.0.1:9815"
+    snmp_poll_jitter: float = Field(default=0.1, ge=0, le=0.5,
+                                    description="fraction of the interval schedules vary by")
+    device_unreachable_after: int = Field(default=3, ge=1,
+                                          description="failed polls before unreachable")
+
+    # fault flow
+    faults_recovery_dir: Path = Path("var/recovery/faults")
+
     # API
     api_addr: str = "127.0.0.1:8000"
     api_database_url: SecretStr | None = Field(
