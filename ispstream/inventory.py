@@ -1,4 +1,5 @@
-"""Declarative inventory: tenants, plans, NAS and subscribers from one YAML file.
+"""Declarative inventory: tenants, plans, NAS, subscribers and monitored devices from one
+YAML file.
 
 ``ispstream inventory apply FILE`` validates the whole file first and applies it only
 when everything is valid, in one transaction of idempotent upserts:
@@ -14,7 +15,13 @@ when everything is valid, in one transaction of idempotent upserts:
 - a subscriber's plan must be defined under the same tenant in the same file;
 - every apply writes one ``audit_log`` row per tenant in the file;
 - a plan with ``after_quota: {throttle: R}`` and no policy at 100 % is stored with the
-  policy ``{at: 100, action: throttle, rate: R}`` (the fair-use throttle, enforced).
+  policy ``{at: 100, action: throttle, rate: R}`` (the fair-use throttle, enforced);
+- monitored devices (SNMP) carry credentials: v2c communities and v3 keys are stored for
+  the poller but never appear in errors, logs or the apply summary; an OLT's
+  ``vendor_profile`` must name a profile the ONU poller ships
+  (``collectors/onu/profiles/<name>.yaml``);
+- a subscriber's ``onu`` links them to an ONU of an OLT of the same tenant in the same
+  file, by serial and/or by PON port and ONU id.
 
 Format (GB = 10^9 bytes; money as decimal strings or numbers, read as ``Decimal``)::
 
@@ -45,6 +52,29 @@ Format (GB = 10^9 bytes; money as decimal strings or numbers, read as ``Decimal`
           - username: alice
             plan: fiber-500
             cycle_anchor_day: 1
+            onu: {olt: olt-1, serial: HWTC1A2B3C4D}   # or {olt: olt-1, pon: "0/1/3", onu_id: 7}
+        devices:                           # SNMP-monitored; addresses unique across tenants
+          - id: core-1
+            kind: router                   # router | switch | nas | olt
+            address: 192.0.2.10
+            port: 161
+            snmp: {version: "2c", community: "..."}
+            intervals: {interfaces: 60, optical: 300}   # seconds, >= 10 / >= 30
+            max_inflight: 2                # SNMP requests in flight to it at most (1..64)
+            timeout_s: 2
+            retries: 1
+          - id: olt-1
+            kind: olt
+            address: 192.0.2.20
+            vendor_profile: huawei-ma5800  # OLTs only: the ONU optics profile
+            snmp:                          # SNMPv3 is always authPriv
+              version: "3"
+              user: monitor
+              auth_protocol: SHA           # MD5 | SHA | SHA224 | SHA256 | SHA384 | SHA512
+              auth_key: "..."              # at least 8 characters
+              priv_protocol: AES           # DES | AES | AES192 | AES256
+              priv_key: "..."              # at least 8 characters
+              engine_id: 80001f888056...   # its engine id (hex): needed for its v3 traps
 """
 
 from __future__ import annotations
@@ -341,12 +371,160 @@ class NasSpec(_Strict):
         return self.name or self.ip
 
 
+def _ip_address(v: str) -> str:
+    try:
+        return str(ipaddress.ip_address(v.strip()))
+    except ValueError:
+        raise ValueError(f"{v!r} is not an IPv4 or IPv6 address") from None
+
+
+def _as_text(value: Any) -> Any:
+    """A YAML number where text is meant (``onu_id: 7``, ``pon: 3``) becomes its text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+# The ONU optics profiles an OLT's ``vendor_profile`` may name: the file stems in the ONU
+# poller's profile folder; while that folder does not exist, this fixed list.
+ONU_PROFILES_DIR = Path(__file__).resolve().parent.parent / "collectors" / "onu" / "profiles"
+DEFAULT_ONU_PROFILES = ("ubiquiti-ufiber", "calix-axos", "vsol-v1600", "huawei-ma5800",
+                        "zte-c300")
+
+
+def known_vendor_profiles(directory: Path = ONU_PROFILES_DIR) -> frozenset[str]:
+    """The vendor profile names an OLT may use (read at every validation)."""
+    if directory.is_dir():
+        return frozenset(p.stem for p in directory.glob("*.yaml"))
+    return frozenset(DEFAULT_ONU_PROFILES)
+
+
+SNMP_AUTH_PROTOCOLS = ("MD5", "SHA", "SHA224", "SHA256", "SHA384", "SHA512")
+SNMP_PRIV_PROTOCOLS = ("DES", "AES", "AES192", "AES256")
+_V3_FIELDS = ("user", "auth_protocol", "auth_key", "priv_protocol", "priv_key")
+
+
+def _snmp_version(value: Any) -> Any:
+    """``version: 3`` (a YAML number) and ``v2c`` / ``v3`` mean what they say."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str):
+        value = value.strip().lower()
+        return value[1:] if value in ("v2c", "v3") else value
+    return value
+
+
+def _engine_id_text(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError("write the engine id as quoted text, e.g. \"80001f8880...\" "
+                         "(YAML read it as a number)")
+    return value
+
+
+def _engine_id(value: str | None) -> str | None:
+    if value is None:
+        return None
+    text = value.strip().lower().replace(":", "")
+    text = text[2:] if text.startswith("0x") else text
+    if (not re.fullmatch(r"[0-9a-f]*", text) or len(text) % 2
+            or not 5 <= len(text) // 2 <= 32):
+        raise ValueError("must be the device's SNMP engine id in hex, 5 to 32 octets "
+                         "(e.g. 80001f8880...)")
+    return text
+
+
+class SnmpSpec(_Strict):
+    """How to talk SNMP to a device: v2c with a community, or v3 authPriv.
+
+    Secret values are never part of an error message, a log line or a ``repr``."""
+
+    version: Annotated[Literal["2c", "3"], BeforeValidator(_snmp_version)]
+    community: str | None = Field(default=None, min_length=1, max_length=255, repr=False)
+    user: str | None = Field(default=None, min_length=1, max_length=32)
+    auth_protocol: Literal[SNMP_AUTH_PROTOCOLS] | None = None  # type: ignore[valid-type]
+    auth_key: str | None = Field(default=None, min_length=8, max_length=255, repr=False)
+    priv_protocol: Literal[SNMP_PRIV_PROTOCOLS] | None = None  # type: ignore[valid-type]
+    priv_key: str | None = Field(default=None, min_length=8, max_length=255, repr=False)
+    engine_id: Annotated[str | None, BeforeValidator(_engine_id_text),
+                         AfterValidator(_engine_id)] = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> "SnmpSpec":
+        if self.version == "2c":
+            if self.community is None:
+                raise ValueError("version 2c needs a community")
+            extra = [f for f in (*_V3_FIELDS, "engine_id") if getattr(self, f) is not None]
+            if extra:
+                raise ValueError(f"{', '.join(extra)}: only for version 3")
+        else:
+            if self.community is not None:
+                raise ValueError("community: only for version 2c (version 3 uses user and "
+                                 "keys)")
+            missing = [f for f in _V3_FIELDS if getattr(self, f) is None]
+            if missing:
+                raise ValueError("version 3 needs user, auth_protocol, auth_key, "
+                                 "priv_protocol and priv_key (authPriv); missing: "
+                                 + ", ".join(missing))
+        return self
+
+
+class IntervalsSpec(_Strict):
+    """Polling intervals per metric group, in seconds."""
+
+    interfaces: int = Field(default=60, ge=10, le=86400)
+    optical: int = Field(default=300, ge=30, le=86400)
+
+
+class DeviceSpec(_Strict):
+    """A device the SNMP poller watches (router, switch, NAS or OLT); traps are attributed
+    to it by its address."""
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    kind: Literal["router", "switch", "nas", "olt"]
+    address: Annotated[str, AfterValidator(_ip_address)]
+    port: int = Field(default=161, ge=1, le=65535)
+    snmp: SnmpSpec
+    intervals: IntervalsSpec = Field(default_factory=IntervalsSpec)
+    max_inflight: int = Field(default=2, ge=1, le=64)
+    timeout_s: Annotated[_Dec, Field(gt=0, le=60, allow_inf_nan=False)] = Decimal(2)
+    retries: int = Field(default=1, ge=0, le=10)
+    vendor_profile: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _profile_for_olts(self) -> "DeviceSpec":
+        if self.vendor_profile is not None and self.kind != "olt":
+            raise ValueError(f"vendor_profile is only for OLTs (kind: olt), not for a "
+                             f"{self.kind}")
+        return self
+
+
+class OnuLinkSpec(_Strict):
+    """The ONU serving a subscriber: on OLT ``olt``, by serial and/or PON port + ONU id."""
+
+    olt: str = Field(min_length=1)
+    serial: str | None = Field(default=None, min_length=1, max_length=64)
+    pon: Annotated[str, BeforeValidator(_as_text), Field(min_length=1, max_length=64)] | None \
+        = None
+    onu_id: Annotated[str, BeforeValidator(_as_text), Field(min_length=1, max_length=64)] \
+        | None = None
+
+    @model_validator(mode="after")
+    def _identified(self) -> "OnuLinkSpec":
+        if (self.pon is None) != (self.onu_id is None):
+            raise ValueError("pon and onu_id go together (the ONU id on that PON port)")
+        if self.serial is None and self.pon is None:
+            raise ValueError("give the ONU's serial, or its pon and onu_id")
+        return self
+
+
 class SubscriberSpec(_Strict):
-    """A subscriber: the RADIUS User-Name, their plan and billing-cycle anchor day."""
+    """A subscriber: the RADIUS User-Name, their plan and billing-cycle anchor day, and
+    optionally the ONU that serves them."""
 
     username: str = Field(min_length=1, max_length=253)
     plan: str = Field(min_length=1)
     cycle_anchor_day: int = Field(default=1, ge=1, le=31)
+    onu: OnuLinkSpec | None = None
 
 
 class TenantSpec(_Strict):
@@ -358,6 +536,7 @@ class TenantSpec(_Strict):
     plans: list[PlanSpec] = Field(default_factory=list)
     nas: list[NasSpec] = Field(default_factory=list)
     subscribers: list[SubscriberSpec] = Field(default_factory=list)
+    devices: list[DeviceSpec] = Field(default_factory=list)
 
     @field_validator("timezone")
     @classmethod
@@ -440,9 +619,12 @@ def _pydantic_errors(exc: ValidationError, root: yaml.Node | None) -> list[str]:
     return out
 
 
-def _cross_reference_errors(inv: Inventory, root: yaml.Node | None) -> list[str]:
-    """Duplicate ids, unknown plans and NAS addresses used twice (within the file)."""
+def _cross_reference_errors(inv: Inventory, root: yaml.Node | None,
+                            vendor_profiles: frozenset[str]) -> list[str]:
+    """Duplicate ids, unknown plans, NAS and device addresses used twice (within the file),
+    unknown vendor profiles, ONU links to unknown devices or to devices that are no OLT."""
     errors: list[str] = []
+    device_addresses: dict[str, tuple] = {}
 
     def dup(kind: str, loc: tuple, first: tuple) -> None:
         errors.append(_msg(loc, _line(root, loc),
@@ -487,6 +669,62 @@ def _cross_reference_errors(inv: Inventory, root: yaml.Node | None) -> list[str]
                 errors.append(_msg(loc + ("plan",), _line(root, loc + ("plan",)),
                                    f"unknown plan {s.plan!r} (not a plan of tenant "
                                    f"{t.id!r} in this file)"))
+        errors.extend(_device_errors(t, tloc, root, vendor_profiles, device_addresses))
+    return errors
+
+
+def _device_errors(t: TenantSpec, tloc: tuple, root: yaml.Node | None,
+                   vendor_profiles: frozenset[str],
+                   addresses: dict[str, tuple]) -> list[str]:
+    """One tenant's devices and ONU links (``addresses`` spans every tenant of the file)."""
+    errors: list[str] = []
+
+    def dup(kind: str, loc: tuple, first: tuple) -> None:
+        errors.append(_msg(loc, _line(root, loc),
+                           f"duplicate {kind} (first at line {_line(root, first)})"))
+
+    devices: dict[str, tuple[DeviceSpec, tuple]] = {}
+    for di, d in enumerate(t.devices):
+        loc = tloc + ("devices", di)
+        if d.id in devices:
+            dup(f"device id {d.id!r}", loc + ("id",), devices[d.id][1])
+        devices.setdefault(d.id, (d, loc + ("id",)))
+        if d.address in addresses:
+            dup(f"device address {d.address}", loc + ("address",), addresses[d.address])
+        addresses.setdefault(d.address, loc + ("address",))
+        if d.vendor_profile is not None and d.vendor_profile not in vendor_profiles:
+            ploc = loc + ("vendor_profile",)
+            known = ", ".join(sorted(vendor_profiles)) or "none installed"
+            errors.append(_msg(ploc, _line(root, ploc),
+                               f"unknown vendor profile {d.vendor_profile!r} (known: "
+                               f"{known})"))
+    serials: dict[tuple, tuple] = {}
+    positions: dict[tuple, tuple] = {}
+    for si, s in enumerate(t.subscribers):
+        if s.onu is None:
+            continue
+        loc = tloc + ("subscribers", si, "onu")
+        found = devices.get(s.onu.olt)
+        if found is None:
+            errors.append(_msg(loc + ("olt",), _line(root, loc + ("olt",)),
+                               f"unknown device {s.onu.olt!r} (not a device of tenant "
+                               f"{t.id!r} in this file)"))
+        elif found[0].kind != "olt":
+            errors.append(_msg(loc + ("olt",), _line(root, loc + ("olt",)),
+                               f"device {s.onu.olt!r} is a {found[0].kind}, not an OLT "
+                               "(kind: olt)"))
+        if s.onu.serial is not None:
+            key = (s.onu.olt, s.onu.serial)
+            if key in serials:
+                dup(f"ONU serial {s.onu.serial!r} on OLT {s.onu.olt!r}", loc + ("serial",),
+                    serials[key])
+            serials.setdefault(key, loc + ("serial",))
+        if s.onu.pon is not None:
+            key = (s.onu.olt, s.onu.pon, s.onu.onu_id)
+            if key in positions:
+                dup(f"ONU {s.onu.onu_id!r} on PON {s.onu.pon!r} of OLT {s.onu.olt!r}",
+                    loc + ("onu_id",), positions[key])
+            positions.setdefault(key, loc + ("onu_id",))
     return errors
 
 
@@ -510,9 +748,13 @@ class Parsed:
     root: yaml.Node | None = field(repr=False, default=None)
 
 
-def parse(text: str, source: str = "<inventory>") -> Parsed:
+def parse(text: str, source: str = "<inventory>",
+          vendor_profiles: frozenset[str] | None = None) -> Parsed:
     """Parse and validate an inventory document; raise ``InventoryError`` listing every
-    problem with its field path and line. Touches no database."""
+    problem with its field path and line. Touches no database.
+
+    ``vendor_profiles``: the OLT vendor profile names to accept (default: the ONU poller's
+    profiles as installed, see ``known_vendor_profiles``)."""
     try:
         data, root = _load_yaml(text)
     except yaml.MarkedYAMLError as exc:
@@ -525,7 +767,9 @@ def parse(text: str, source: str = "<inventory>") -> Parsed:
         inv = Inventory.model_validate(data)
     except ValidationError as exc:
         raise InventoryError(source, _pydantic_errors(exc, root)) from None
-    errors = _cross_reference_errors(inv, root)
+    if vendor_profiles is None:
+        vendor_profiles = known_vendor_profiles()
+    errors = _cross_reference_errors(inv, root, vendor_profiles)
     if errors:
         raise InventoryError(source, errors)
     return Parsed(inv, root)
@@ -561,6 +805,11 @@ _PLAN_COLS = ["tenant_id", "id", "monthly_fee", "quota_bytes", "quota_counts",
 _NAS_COLS = ["tenant_id", "id", "ip", "secret", "vendor", "coa_port",
              "require_message_authenticator"]
 _SUB_COLS = ["tenant_id", "username", "plan_id", "cycle_anchor_day"]
+_DEVICE_COLS = ["tenant_id", "id", "kind", "address", "snmp_port", "snmp_version", "community",
+                "v3_user", "v3_auth_protocol", "v3_auth_key", "v3_priv_protocol",
+                "v3_priv_key", "v3_engine_id", "vendor_profile", "interval_if_s",
+                "interval_optical_s", "max_inflight", "timeout_s", "retries"]
+_ONU_LINK_COLS = ["tenant_id", "username", "olt_id", "serial", "pon", "onu_id"]
 
 _SQL = {
     "tenants": _upsert("tenants", _TENANT_COLS, ["id"], {"currency": "char(3)"}),
@@ -573,7 +822,24 @@ _SQL = {
                     "require_message_authenticator": "boolean"}),
     "subscribers": _upsert("subscribers", _SUB_COLS, ["tenant_id", "username"],
                            {"cycle_anchor_day": "smallint"}),
+    "devices": _upsert("devices", _DEVICE_COLS, ["tenant_id", "id"],
+                       {"address": "inet", "snmp_port": "integer", "interval_if_s": "integer",
+                        "interval_optical_s": "integer", "max_inflight": "integer",
+                        "timeout_s": "real", "retries": "integer"}),
+    "onu_links": _upsert("onu_links", _ONU_LINK_COLS, ["tenant_id", "username"], {}),
 }
+
+# A subscriber whose ONU changed loses the old link first, so that ONUs can move between
+# subscribers of one file without tripping the one-subscriber-per-ONU indexes.
+_DROP_CHANGED_ONU_LINKS = (
+    "DELETE FROM onu_links AS l "
+    "USING unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) "
+    "AS f(username, olt_id, serial, pon, onu_id) "
+    "WHERE l.tenant_id = %s AND l.username = f.username "
+    "AND (l.olt_id, l.serial, l.pon, l.onu_id) "
+    "IS DISTINCT FROM (f.olt_id, f.serial, f.pon, f.onu_id) "
+    "RETURNING l.username"
+)
 
 
 def _columns(rows: list[tuple], n: int) -> list[list]:
@@ -596,7 +862,19 @@ def _rows(t: TenantSpec) -> dict[str, list[tuple]]:
             for n in t.nas
         ],
         "subscribers": [(t.id, s.username, s.plan, s.cycle_anchor_day) for s in t.subscribers],
+        "devices": [_device_row(t.id, d) for d in t.devices],
+        "onu_links": [(t.id, s.username, s.onu.olt, s.onu.serial, s.onu.pon, s.onu.onu_id)
+                      for s in t.subscribers if s.onu is not None],
     }
+
+
+def _device_row(tenant_id: str, d: DeviceSpec) -> tuple:
+    v3 = d.snmp.version == "3"
+    return (tenant_id, d.id, d.kind, d.address, d.port, d.snmp.version, d.snmp.community,
+            d.snmp.user if v3 else None, d.snmp.auth_protocol, d.snmp.auth_key,
+            d.snmp.priv_protocol, d.snmp.priv_key, d.snmp.engine_id, d.vendor_profile,
+            d.intervals.interfaces, d.intervals.optical, d.max_inflight, float(d.timeout_s),
+            d.retries)
 
 
 def _database_conflicts(conn: psycopg.Connection, parsed: Parsed) -> list[str]:
@@ -627,15 +905,62 @@ def _database_conflicts(conn: psycopg.Connection, parsed: Parsed) -> list[str]:
     return errors
 
 
+def _device_conflicts(conn: psycopg.Connection, parsed: Parsed) -> list[str]:
+    """A device address already held by another device row, or an ONU already linked to a
+    subscriber whose link this file does not touch."""
+    errors = []
+    root = parsed.root
+    tenants = parsed.inventory.tenants
+    wanted = {d.address: (t.id, d.id, ("tenants", ti, "devices", di, "address"))
+              for ti, t in enumerate(tenants) for di, d in enumerate(t.devices)}
+    if wanted:
+        rows = conn.execute("SELECT host(address), tenant_id, id FROM devices "
+                            "WHERE address = ANY(%s::inet[])", (list(wanted),)).fetchall()
+        for address, tenant_id, device_id in rows:
+            tenant, name, loc = wanted[address]
+            if (tenant_id, device_id) != (tenant, name):
+                errors.append(_msg(loc, _line(root, loc),
+                                   f"address {address} is already used by device "
+                                   f"{device_id!r} of tenant {tenant_id!r} (devices are "
+                                   "never renamed or moved by apply)"))
+    for ti, t in enumerate(tenants):
+        links = [(si, s) for si, s in enumerate(t.subscribers) if s.onu is not None]
+        if not links:
+            continue
+        linked = [s.username for _, s in links]
+        held = conn.execute(
+            "SELECT olt_id, serial, pon, onu_id, username FROM onu_links "
+            "WHERE tenant_id = %s AND NOT (username = ANY(%s))", (t.id, linked)).fetchall()
+        by_serial = {(o, sn): u for o, sn, _, _, u in held if sn is not None}
+        by_position = {(o, p, n): u for o, _, p, n, u in held if p is not None}
+        for si, s in links:
+            loc = ("tenants", ti, "subscribers", si, "onu")
+            other = by_serial.get((s.onu.olt, s.onu.serial))
+            if s.onu.serial is not None and other is not None:
+                errors.append(_msg(loc + ("serial",), _line(root, loc + ("serial",)),
+                                   f"ONU serial {s.onu.serial!r} on OLT {s.onu.olt!r} is "
+                                   f"already linked to subscriber {other!r}"))
+            other = by_position.get((s.onu.olt, s.onu.pon, s.onu.onu_id))
+            if s.onu.pon is not None and other is not None:
+                errors.append(_msg(loc + ("onu_id",), _line(root, loc + ("onu_id",)),
+                                   f"ONU {s.onu.onu_id!r} on PON {s.onu.pon!r} of OLT "
+                                   f"{s.onu.olt!r} is already linked to subscriber "
+                                   f"{other!r}"))
+    return errors
+
+
 def apply(dsn: str, parsed: Parsed, source: str = "<inventory>") -> str:
-    """Upsert a validated inventory in one transaction; return a one-line summary."""
-    kinds = ("tenants", "plans", "nas", "subscribers")
+    """Upsert a validated inventory in one transaction; return a one-line summary.
+
+    The summary names devices and ONU links only when the file has some; it never
+    contains a secret."""
+    kinds = ("tenants", "plans", "nas", "subscribers", "devices", "onu_links")
     totals = dict.fromkeys(kinds, 0)
     created = updated = 0
     with connect(dsn) as conn, conn.transaction():
         # One apply at a time: concurrent applies of overlapping files queue up.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('ispstream.inventory'))")
-        errors = _database_conflicts(conn, parsed)
+        errors = _database_conflicts(conn, parsed) + _device_conflicts(conn, parsed)
         if errors:
             raise InventoryError(source, errors)
         for t in parsed.inventory.tenants:
@@ -646,8 +971,18 @@ def apply(dsn: str, parsed: Parsed, source: str = "<inventory>") -> str:
                     counts[kind] = {"created": 0, "updated": 0, "unchanged": 0}
                     continue
                 cols = len(rows[0])
-                flags = [r[0] for r in conn.execute(_SQL[kind], _columns(rows, cols))]
-                new = sum(flags)
+                replaced = 0
+                if kind == "onu_links":
+                    replaced = len(conn.execute(_DROP_CHANGED_ONU_LINKS,
+                                                _columns(rows, cols)[1:] + [t.id]).fetchall())
+                try:
+                    flags = [r[0] for r in conn.execute(_SQL[kind], _columns(rows, cols))]
+                except psycopg.errors.IntegrityError as exc:
+                    # never the driver's text: its DETAIL may quote a row with secrets
+                    raise InventoryError(source, [
+                        f"tenant {t.id!r}, {kind}: the database refused the rows "
+                        f"(constraint {exc.diag.constraint_name or 'unknown'})"]) from None
+                new = sum(flags) - replaced
                 counts[kind] = {"created": new, "updated": len(flags) - new,
                                 "unchanged": len(rows) - len(flags)}
                 created += new
@@ -657,7 +992,8 @@ def apply(dsn: str, parsed: Parsed, source: str = "<inventory>") -> str:
                 "VALUES (%s, 'inventory.apply', %s, %s::jsonb)",
                 (t.id, Path(source).name, json.dumps(counts)))
     total = sum(totals.values())
-    summary = ", ".join(f"{k}: {v}" for k, v in totals.items())
+    summary = ", ".join(f"{k}: {v}" for k, v in totals.items()
+                        if v or k not in ("devices", "onu_links"))
     log.info("inventory applied from %s: %s", Path(source).name, summary)
     return (f"{summary} (upserted: {created} created, {updated} updated, "
             f"{total - created - updated} unchanged)")
@@ -667,9 +1003,10 @@ def apply_file(dsn: str, path: str | Path) -> str:
     """Validate the YAML inventory at ``path`` and apply it (all or nothing).
 
     Returns a summary such as ``tenants: 1, plans: 2, nas: 1, subscribers: 300
-    (upserted: 304 created, 0 updated, 0 unchanged)``. Raises ``InventoryError`` (and
-    applies nothing) when the file is unreadable or invalid, or when a NAS address is
-    already used by another NAS in the database.
+    (upserted: 304 created, 0 updated, 0 unchanged)`` (with ``devices: N, onu_links: M``
+    when the file has any). Raises ``InventoryError`` (and applies nothing) when the file
+    is unreadable or invalid, when a NAS or device address is already used by another NAS
+    or device in the database, or an ONU is already linked to another subscriber.
     """
     source = str(path)
     try:

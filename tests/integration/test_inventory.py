@@ -229,8 +229,9 @@ def test_absent_items_are_kept(pg_dsn, tmp_path):
 
 def test_example_inventory_applies(pg_dsn):
     summary = apply_file(pg_dsn, EXAMPLE)
-    assert summary.startswith("tenants: 1, plans: 3, nas: 1, subscribers: 300 (upserted")
-    assert apply_file(pg_dsn, EXAMPLE).endswith("0 created, 0 updated, 305 unchanged)")
+    assert summary.startswith("tenants: 1, plans: 3, nas: 1, subscribers: 300, devices: 2, "
+                              "onu_links: 2 (upserted")
+    assert apply_file(pg_dsn, EXAMPLE).endswith("0 created, 0 updated, 309 unchanged)")
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT host(ip), secret FROM nas WHERE tenant_id = 'demo'"
                             ).fetchall() == [("127.0.0.1", "demo-secret")]
@@ -317,3 +318,174 @@ def test_cli_reports_errors_and_exit_code(pg_dsn, tmp_path):
                                   "(upserted: 9 created, 0 updated, 0 unchanged)")
     assert audit_rows(pg_dsn)[-1][3]["tenants"] == {"created": 1, "updated": 0,
                                                      "unchanged": 0}
+
+
+# --- monitored devices and ONU links ---------------------------------------------------
+
+COMMUNITY = "c0mmunity-secret"
+AUTH_KEY = "auth-secret-1"
+PRIV_KEY = "priv-secret-1"
+SECRETS = (COMMUNITY, AUTH_KEY, PRIV_KEY)
+
+DEVICES = SMALL.replace(
+    "      - {username: alice, plan: fiber-500, cycle_anchor_day: 15}\n",
+    "      - {username: alice, plan: fiber-500, cycle_anchor_day: 15,\n"
+    "         onu: {olt: olt-1, serial: HWTC1A2B3C4D}}\n",
+).replace(
+    "      - {username: bob, plan: lte-half}\n",
+    '      - {username: bob, plan: lte-half, onu: {olt: olt-1, pon: "0/1/15", onu_id: 7}}\n',
+) + f"""\
+    devices:
+      - id: core-1
+        kind: router
+        address: 192.0.2.10
+        snmp: {{version: 2c, community: "{COMMUNITY}"}}
+      - id: olt-1
+        kind: olt
+        address: 2001:db8::20
+        port: 1161
+        vendor_profile: huawei-ma5800
+        intervals: {{interfaces: 30, optical: 120}}
+        max_inflight: 1
+        timeout_s: 1.5
+        retries: 2
+        snmp:
+          version: "3"
+          user: monitor
+          auth_protocol: SHA256
+          auth_key: "{AUTH_KEY}"
+          priv_protocol: AES256
+          priv_key: "{PRIV_KEY}"
+          engine_id: "80001f8880c71100000000"
+"""
+
+DEVICE_TABLES = {"devices": "tenant_id, id", "onu_links": "tenant_id, username"}
+
+
+def device_snapshot(dsn: str) -> dict:
+    with psycopg.connect(dsn) as conn:
+        return {t: conn.execute(f"SELECT xmin::text, * FROM {t} ORDER BY {order}").fetchall()
+                for t, order in DEVICE_TABLES.items()}
+
+
+def onu_links(dsn: str) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT username, olt_id, serial, pon, onu_id FROM onu_links "
+                            "ORDER BY username").fetchall()
+
+
+def test_devices_and_onu_links_are_stored_exactly(pg_dsn, tmp_path, caplog):
+    caplog.set_level("DEBUG")
+    summary = apply_file(pg_dsn, write(tmp_path, DEVICES))
+    assert summary == ("tenants: 1, plans: 3, nas: 2, subscribers: 3, devices: 2, "
+                       "onu_links: 2 (upserted: 13 created, 0 updated, 0 unchanged)")
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute(
+            "SELECT id, kind, host(address), snmp_port, snmp_version, community, v3_user, "
+            "v3_auth_protocol, v3_auth_key, v3_priv_protocol, v3_priv_key, v3_engine_id, "
+            "vendor_profile, interval_if_s, interval_optical_s, max_inflight, timeout_s, "
+            "retries FROM devices ORDER BY id").fetchall()
+    assert rows == [
+        ("core-1", "router", "192.0.2.10", 161, "2c", COMMUNITY, None, None, None, None, None,
+         None, None, 60, 300, 2, 2.0, 1),
+        ("olt-1", "olt", "2001:db8::20", 1161, "3", None, "monitor", "SHA256", AUTH_KEY,
+         "AES256", PRIV_KEY, "80001f8880c71100000000", "huawei-ma5800", 30, 120, 1, 1.5, 2),
+    ]
+    assert onu_links(pg_dsn) == [("alice", "olt-1", "HWTC1A2B3C4D", None, None),
+                                 ("bob", "olt-1", None, "0/1/15", "7")]
+    detail = audit_rows(pg_dsn)[-1][3]
+    assert detail["devices"] == {"created": 2, "updated": 0, "unchanged": 0}
+    assert detail["onu_links"] == {"created": 2, "updated": 0, "unchanged": 0}
+    logged = caplog.text + summary + str(detail)
+    assert not any(secret in logged for secret in SECRETS)
+
+    # idempotent: nothing changes on a second apply
+    before = device_snapshot(pg_dsn)
+    assert apply_file(pg_dsn, write(tmp_path, DEVICES)).endswith(
+        "(upserted: 0 created, 0 updated, 13 unchanged)")
+    assert device_snapshot(pg_dsn) == before
+
+
+def test_changed_keys_update_one_device_and_onus_move_between_subscribers(pg_dsn, tmp_path):
+    apply_file(pg_dsn, write(tmp_path, DEVICES))
+    before = device_snapshot(pg_dsn)
+    # a new key for the OLT; alice and bob swap ONUs (a house move inside one file)
+    changed = DEVICES.replace(f'priv_key: "{PRIV_KEY}"', 'priv_key: "rotated-priv-2"') \
+        .replace("onu: {olt: olt-1, serial: HWTC1A2B3C4D}", "onu: {olt: olt-1, serial: X}") \
+        .replace('onu: {olt: olt-1, pon: "0/1/15", onu_id: 7}',
+                 "onu: {olt: olt-1, serial: HWTC1A2B3C4D}") \
+        .replace("onu: {olt: olt-1, serial: X}", 'onu: {olt: olt-1, pon: "0/1/15", onu_id: 7}')
+    summary = apply_file(pg_dsn, write(tmp_path, changed))
+    assert summary.endswith("(upserted: 0 created, 3 updated, 10 unchanged)")
+    after = device_snapshot(pg_dsn)
+    assert after["devices"][0] == before["devices"][0]  # core-1 untouched
+    assert after["devices"][1] != before["devices"][1]
+    assert onu_links(pg_dsn) == [("alice", "olt-1", None, "0/1/15", "7"),
+                                 ("bob", "olt-1", "HWTC1A2B3C4D", None, None)]
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT v3_priv_key FROM devices WHERE id = 'olt-1'"
+                            ).fetchone() == ("rotated-priv-2",)
+
+
+def test_device_address_of_another_tenant_is_rejected_without_secrets(pg_dsn, tmp_path):
+    apply_file(pg_dsn, write(tmp_path, DEVICES))
+    other = f"""\
+tenants:
+  - id: other
+    timezone: UTC
+    currency: USD
+    devices:
+      - id: edge
+        kind: switch
+        address: 192.0.2.10
+        snmp: {{version: 2c, community: "{COMMUNITY}"}}
+"""
+    before = device_snapshot(pg_dsn)
+    with pytest.raises(InventoryError) as info:
+        apply_file(pg_dsn, write(tmp_path, other, "other.yaml"))
+    assert info.value.errors == [
+        "tenants[0].devices[0].address (line 8): address 192.0.2.10 is already used by "
+        "device 'core-1' of tenant 'acme' (devices are never renamed or moved by apply)"]
+    assert not any(secret in str(info.value) for secret in SECRETS)
+    assert device_snapshot(pg_dsn) == before
+
+
+def test_an_onu_linked_to_a_subscriber_outside_the_file_is_rejected(pg_dsn, tmp_path):
+    apply_file(pg_dsn, write(tmp_path, DEVICES))
+    # carol takes alice's ONU, but this file says nothing about alice's link
+    carol = DEVICES.replace("onu: {olt: olt-1, serial: HWTC1A2B3C4D}", "cycle_anchor_day: 15") \
+        .replace("cycle_anchor_day: 15,\n         cycle_anchor_day: 15}", "cycle_anchor_day: 15}") \
+        .replace("{username: carol, plan: unlimited, cycle_anchor_day: 31}",
+                 "{username: carol, plan: unlimited, cycle_anchor_day: 31, "
+                 "onu: {olt: olt-1, serial: HWTC1A2B3C4D}}")
+    before = device_snapshot(pg_dsn)
+    with pytest.raises(InventoryError) as info:
+        apply_file(pg_dsn, write(tmp_path, carol))
+    (error,) = info.value.errors
+    assert error.startswith("tenants[0].subscribers[2].onu.serial (line ")
+    assert error.endswith("ONU serial 'HWTC1A2B3C4D' on OLT 'olt-1' is already linked to "
+                          "subscriber 'alice'")
+    assert device_snapshot(pg_dsn) == before
+
+
+def test_cli_errors_for_bad_devices_name_the_field_never_the_key(pg_dsn, tmp_path):
+    env = {**os.environ, "ISPSTREAM_DATABASE_URL": pg_dsn}
+
+    def run(text: str) -> subprocess.CompletedProcess:
+        res = subprocess.run([sys.executable, "-m", "ispstream.cli", "inventory", "apply",
+                              str(write(tmp_path, text))], env=env, capture_output=True,
+                             text=True, timeout=60, cwd=tmp_path)
+        assert res.returncode == 2, res.stderr
+        assert not any(secret in res.stderr + res.stdout for secret in (*SECRETS, "short!"))
+        return res
+
+    res = run(DEVICES.replace(f'priv_key: "{PRIV_KEY}"', 'priv_key: "short!"'))
+    assert ("tenants[0].devices[1].snmp.priv_key (line 53): String should have at least 8 "
+            "characters") in res.stderr
+    res = run(DEVICES.replace("vendor_profile: huawei-ma5800", "vendor_profile: acme-olt"))
+    assert ("tenants[0].devices[1].vendor_profile (line 42): unknown vendor profile "
+            "'acme-olt' (known: ") in res.stderr
+    res = run(DEVICES.replace(f'community: "{COMMUNITY}"', "user: monitor"))
+    assert ("tenants[0].devices[0].snmp (line 37): version 2c needs a community"
+            in res.stderr)
+    assert snapshot(pg_dsn) == {t: [] for t in TABLES}

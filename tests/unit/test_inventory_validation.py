@@ -353,3 +353,220 @@ def test_quota_policies_must_be_a_list():
                      + lines[16:]) + "\n"
     assert errors_of(text) == ["tenants[0].plans[0].quota_policies (line 13): Input should "
                                "be a valid list"]
+
+
+# --- monitored devices and ONU links -------------------------------------------------------
+
+PROFILES = frozenset({"huawei-ma5800", "zte-c300"})
+COMMUNITY = "c0mmunity-secret"
+AUTH_KEY = "auth-secret-1"
+PRIV_KEY = "priv-secret-1"
+
+# BASE plus ONU links on alice and bob (lines 28 and 32) and devices (from line 33).
+DEVICES = BASE.replace(
+    "        cycle_anchor_day: 1\n",
+    "        cycle_anchor_day: 1\n        onu: {olt: olt-1, serial: HWTC1A2B3C4D}\n",
+).replace(
+    "        cycle_anchor_day: 31\n",
+    '        cycle_anchor_day: 31\n        onu: {olt: olt-1, pon: "0/1/15", onu_id: 7}\n',
+) + f"""\
+    devices:
+      - id: core-1
+        kind: router
+        address: 192.0.2.10
+        snmp: {{version: 2c, community: "{COMMUNITY}"}}
+      - id: olt-1
+        kind: olt
+        address: 192.0.2.20
+        port: 1161
+        vendor_profile: huawei-ma5800
+        intervals: {{interfaces: 30, optical: 120}}
+        max_inflight: 1
+        timeout_s: 1.5
+        retries: 2
+        snmp:
+          version: 3
+          user: monitor
+          auth_protocol: SHA256
+          auth_key: "{AUTH_KEY}"
+          priv_protocol: AES
+          priv_key: "{PRIV_KEY}"
+          engine_id: "0x80001F8880C71100000000"
+"""
+
+
+def device_line(line_no: int, new: str) -> str:
+    lines = DEVICES.splitlines()
+    lines[line_no - 1] = new
+    return "\n".join(lines) + "\n"
+
+
+def device_errors(text: str, profiles: frozenset[str] = PROFILES) -> list[str]:
+    with pytest.raises(InventoryError) as info:
+        parse(text, "inv.yaml", vendor_profiles=profiles)
+    message = str(info.value)
+    for secret in (COMMUNITY, AUTH_KEY, PRIV_KEY):
+        assert secret not in message  # never echoed
+    return info.value.errors
+
+
+def test_devices_and_onu_links():
+    acme = parse(DEVICES, vendor_profiles=PROFILES).inventory.tenants[0]
+    core, olt = acme.devices
+    assert (core.kind, core.address, core.port, core.snmp.version) == (
+        "router", "192.0.2.10", 161, "2c")
+    assert core.snmp.community == COMMUNITY
+    assert (core.intervals.interfaces, core.intervals.optical, core.max_inflight,
+            core.timeout_s, core.retries, core.vendor_profile) == (60, 300, 2, 2, 1, None)
+    assert (olt.port, olt.intervals.interfaces, olt.intervals.optical, olt.max_inflight,
+            olt.timeout_s, olt.retries) == (1161, 30, 120, 1, Decimal("1.5"), 2)
+    assert (olt.snmp.version, olt.snmp.user, olt.snmp.auth_protocol, olt.snmp.priv_protocol,
+            olt.snmp.engine_id) == ("3", "monitor", "SHA256", "AES", "80001f8880c71100000000")
+    assert (olt.snmp.auth_key, olt.snmp.priv_key) == (AUTH_KEY, PRIV_KEY)
+    alice, bob = acme.subscribers
+    assert (alice.onu.olt, alice.onu.serial, alice.onu.pon) == ("olt-1", "HWTC1A2B3C4D", None)
+    assert (bob.onu.pon, bob.onu.onu_id, bob.onu.serial) == ("0/1/15", "7", None)
+    # secrets stay out of every repr
+    text = repr(acme)
+    assert COMMUNITY not in text and AUTH_KEY not in text and PRIV_KEY not in text
+
+
+def test_the_example_has_a_router_and_an_olt_with_onu_links():
+    (demo,) = parse(EXAMPLE.read_text(), str(EXAMPLE)).inventory.tenants
+    assert sorted(d.kind for d in demo.devices) == ["olt", "router"]
+    olt = next(d for d in demo.devices if d.kind == "olt")
+    assert olt.snmp.version == "3" and olt.vendor_profile
+    linked = [s for s in demo.subscribers if s.onu is not None]
+    assert linked and all(s.onu.olt == olt.id for s in linked)
+
+
+def test_vendor_profiles_come_from_the_onu_profile_folder(tmp_path):
+    from ispstream.inventory import DEFAULT_ONU_PROFILES, known_vendor_profiles
+
+    missing = tmp_path / "profiles"
+    assert known_vendor_profiles(missing) == frozenset(DEFAULT_ONU_PROFILES)
+    missing.mkdir()
+    (missing / "acme-olt.yaml").write_text("{}\n")
+    (missing / "notes.txt").write_text("not a profile\n")
+    assert known_vendor_profiles(missing) == {"acme-olt"}
+    errors = device_errors(DEVICES, frozenset({"acme-olt"}))
+    assert errors == ["tenants[0].devices[1].vendor_profile (line 42): unknown vendor profile "
+                      "'huawei-ma5800' (known: acme-olt)"]
+
+
+@pytest.mark.parametrize(
+    ("line", "new", "expected"),
+    [
+        (42, "        vendor_profile: nokia-isam",
+         "tenants[0].devices[1].vendor_profile (line 42): unknown vendor profile 'nokia-isam' "
+         "(known: huawei-ma5800, zte-c300)"),
+        (35, "        kind: firewall",
+         "tenants[0].devices[0].kind (line 35): Input should be 'router', 'switch', 'nas' "
+         "or 'olt'"),
+        (36, "        address: 192.0.2.256",
+         "tenants[0].devices[0].address (line 36): '192.0.2.256' is not an IPv4 or IPv6 "
+         "address"),
+        (40, "        address: 192.0.2.10",
+         "tenants[0].devices[1].address (line 40): duplicate device address 192.0.2.10 "
+         "(first at line 36)"),
+        (38, "      - id: core-1",
+         "tenants[0].devices[1].id (line 38): duplicate device id 'core-1' (first at line 34)"),
+        (37, "        snmp: {version: 2c}",
+         "tenants[0].devices[0].snmp (line 37): version 2c needs a community"),
+        (37, '        snmp: {version: 2c, community: ""}',
+         "tenants[0].devices[0].snmp.community (line 37): String should have at least 1 "
+         "character"),
+        (37, f'        snmp: {{version: 2c, community: "{COMMUNITY}", user: u}}',
+         "tenants[0].devices[0].snmp (line 37): user: only for version 3"),
+        (37, f'        snmp: {{version: 1, community: "{COMMUNITY}"}}',
+         "tenants[0].devices[0].snmp.version (line 37): Input should be '2c' or '3'"),
+        (49, "          user: monitor\n          community: x",
+         "tenants[0].devices[1].snmp (line 48): community: only for version 2c"),
+        (49, "          # no user",
+         "tenants[0].devices[1].snmp (line 48): version 3 needs user, auth_protocol, "
+         "auth_key, priv_protocol and priv_key (authPriv); missing: user"),
+        (51, "          auth_key: short",
+         "tenants[0].devices[1].snmp.auth_key (line 51): String should have at least 8 "
+         "characters"),
+        (51, "          # no auth key",
+         "tenants[0].devices[1].snmp (line 48): version 3 needs user, auth_protocol, "
+         "auth_key, priv_protocol and priv_key (authPriv); missing: auth_key"),
+        (53, '          priv_key: "1234567"',
+         "tenants[0].devices[1].snmp.priv_key (line 53): String should have at least 8 "
+         "characters"),
+        (53, "          priv_key: 12345678",
+         "tenants[0].devices[1].snmp.priv_key (line 53): Input should be a valid string"),
+        (52, "          priv_protocol: 3DES",
+         "tenants[0].devices[1].snmp.priv_protocol (line 52): Input should be 'DES', 'AES', "
+         "'AES192' or 'AES256'"),
+        (50, "          auth_protocol: SHA1",
+         "tenants[0].devices[1].snmp.auth_protocol (line 50): Input should be 'MD5', 'SHA', "
+         "'SHA224', 'SHA256', 'SHA384' or 'SHA512'"),
+        (54, "          engine_id: 80:00:1f",
+         "tenants[0].devices[1].snmp.engine_id (line 54): must be the device's SNMP engine id "
+         "in hex, 5 to 32 octets"),
+        (43, "        intervals: {interfaces: 5, optical: 120}",
+         "tenants[0].devices[1].intervals.interfaces (line 43): Input should be greater than "
+         "or equal to 10"),
+        (43, "        intervals: {interfaces: 30, optical: 20}",
+         "tenants[0].devices[1].intervals.optical (line 43): Input should be greater than or "
+         "equal to 30"),
+        (44, "        max_inflight: 65",
+         "tenants[0].devices[1].max_inflight (line 44): Input should be less than or equal "
+         "to 64"),
+        (44, "        max_inflight: 0",
+         "tenants[0].devices[1].max_inflight (line 44): Input should be greater than or "
+         "equal to 1"),
+        (45, "        timeout_s: 0",
+         "tenants[0].devices[1].timeout_s (line 45): Input should be greater than 0"),
+        (39, "        kind: switch",
+         "tenants[0].devices[1] (line 38): vendor_profile is only for OLTs (kind: olt), not "
+         "for a switch"),
+        (28, "        onu: {olt: core-1, serial: HWTC1A2B3C4D}",
+         "tenants[0].subscribers[0].onu.olt (line 28): device 'core-1' is a router, not an "
+         "OLT (kind: olt)"),
+        (28, "        onu: {olt: olt-9, serial: HWTC1A2B3C4D}",
+         "tenants[0].subscribers[0].onu.olt (line 28): unknown device 'olt-9' (not a device "
+         "of tenant 'acme' in this file)"),
+        (28, "        onu: {olt: olt-1}",
+         "tenants[0].subscribers[0].onu (line 28): give the ONU's serial, or its pon and "
+         "onu_id"),
+        (28, '        onu: {olt: olt-1, pon: "0/1/1"}',
+         "tenants[0].subscribers[0].onu (line 28): pon and onu_id go together"),
+        (32, "        onu: {olt: olt-1, serial: HWTC1A2B3C4D}",
+         "tenants[0].subscribers[1].onu.serial (line 32): duplicate ONU serial 'HWTC1A2B3C4D' "
+         "on OLT 'olt-1' (first at line 28)"),
+        (28, '        onu: {olt: olt-1, pon: "0/1/15", onu_id: "7"}',
+         "tenants[0].subscribers[1].onu.onu_id (line 32): duplicate ONU '7' on PON '0/1/15' "
+         "of OLT 'olt-1' (first at line 28)"),
+    ],
+)
+def test_invalid_devices_name_path_and_line(line, new, expected):
+    errors = device_errors(device_line(line, new))
+    assert any(e.startswith(expected) for e in errors), errors
+
+
+def test_device_addresses_are_unique_across_tenants_and_may_equal_a_nas_address():
+    second = """\
+  - id: other
+    timezone: UTC
+    currency: USD
+    devices:
+      - {id: r1, kind: nas, address: 192.0.2.20, snmp: {version: 2c, community: x}}
+      - {id: r2, kind: nas, address: 192.0.2.1, snmp: {version: 2c, community: x}}
+"""
+    errors = device_errors(DEVICES + second)
+    assert errors == ["tenants[1].devices[0].address (line 59): duplicate device address "
+                      "192.0.2.20 (first at line 40)"]
+
+
+def test_an_onu_may_be_given_by_serial_and_position_together():
+    text = device_line(28, '        onu: {olt: olt-1, serial: X1, pon: "0/1/1", onu_id: 1}')
+    onu = parse(text, vendor_profiles=PROFILES).inventory.tenants[0].subscribers[0].onu
+    assert (onu.serial, onu.pon, onu.onu_id) == ("X1", "0/1/1", "1")
+
+
+def test_an_unquoted_engine_id_is_rejected_with_a_hint():
+    errors = device_errors(device_line(54, "          engine_id: 0x80001F8880C71100000000"))
+    assert errors == ["tenants[0].devices[1].snmp.engine_id (line 54): write the engine id as "
+                      "quoted text, e.g. \"80001f8880...\" (YAML read it as a number)"]
