@@ -52,7 +52,7 @@ from ispstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-RECV_BATCH = 512  # datagrams per loop iteration at most
+RECV_BATCH = 32  # datagrams per loop iteration: small, so replies flow while reading
 RCVBUF_BYTES = 8 * 1024 * 1024
 DUPLICATE_WINDOW_S = 5.0  # answered requests are remembered 5..10 s
 DRAIN_MAX_INFLIGHT = 20_000
@@ -193,7 +193,7 @@ class Collector:
         produce = self.producer.produce
         topic = self.topic
         spooling = self.spooling
-        decode = codec.decode_accounting_request
+        decode = codec.decode_fields
         encode_event = self.events.encode
         now = time.time
         n = 0
@@ -239,34 +239,34 @@ class Collector:
                     self.stats["reply_errors"] += 1
                 continue
             try:
-                req = decode(data)
+                fields, _, has_identity, ma_at, proxy_states = decode(data)
             except codec.MalformedPacket:
                 counts["malformed"] += 1
                 continue
-            if req.message_authenticator_at >= 0:
-                if not codec.message_authenticator_ok(data, secret,
-                                                      req.message_authenticator_at):
+            if ma_at >= 0:
+                if not codec.message_authenticator_ok(data, secret, ma_at):
                     counts["bad_message_authenticator"] += 1
                     continue
             elif entry.require_ma:
                 counts["missing_message_authenticator"] += 1
                 continue
-            fields = req.fields
             session_id = fields.get("session_id")
             if not session_id:
                 counts["missing_session_id"] += 1
                 continue
-            if not req.has_nas_identity:
+            if not has_identity:
                 counts["missing_nas_identity"] += 1
                 continue
             if "status" not in fields:
                 counts["unsupported_status_type"] += 1
                 continue
-            if req.message_authenticator_at < 0 and req.proxy_states is None:
+            if ma_at < 0 and proxy_states is None:
                 head = _RESPONSE_HEAD[data[1]]
                 reply = head + _md5(head + data[4:20] + secret).digest()
             else:
-                reply = codec.response_for(req, secret)
+                reply = codec.accounting_response(data[1], data[4:20], secret,
+                                                  message_authenticator=ma_at >= 0,
+                                                  proxy_states=proxy_states)
             p = Pending(key, addr, reply,
                         (entry.key_prefix + session_id).encode(),
                         encode_event(entry.json_prefix, fields, received_at), reports)
