@@ -164,6 +164,9 @@ class IspstreamTarget:
                                          session_id=f"bench-probe-{self._round}", timeout=1),
                    30, "the collector to answer a probe packet", every=0.2)
 
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def _alive_or_raise(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:
             raise RuntimeError(f"the collector exited:\n{self.log_text()[-4000:]}")
@@ -417,35 +420,63 @@ def run_one(target: str, rnd: int, load: radload.Load, peers: dict, isp: Ispstre
         assert isp is not None
         isp.start()
         pid, port, db = isp.pid, isp.port, isp.db_name
+        alive = isp.alive
         before = isp.metrics()
     else:
         peer = peers[target]
+        if not peer.alive():
+            log.warning("%s is not running any more (killed by something else on the "
+                        "machine?): restarting it", target)
+            peer.restart()
         peer.reset()
         pid, port, db = peer.pid, peer.port, peer.db_name
+        alive = peer.alive
     with Measure(pid, admin_dsn, db) as meas:
-        sent = radload.send(load, "127.0.0.1", port, SECRET, lanes=lanes)
+        sent = radload.send(load, "127.0.0.1", port, SECRET, lanes=lanes, server_alive=alive)
     row.update({
         "sent": sent.sent, "answered": sent.answered, "lost": sent.lost,
         "rejected": sent.rejected, "wall_s": round(sent.wall_s, 3),
         "acked_per_s": round(sent.acked_per_s, 1), "radclient_failed_runs": sent.failed_runs,
-        "radclient_stderr": sent.stderr,
+        "radclient_timed_out_runs": sent.timed_out_runs, "radclient_stderr": sent.stderr,
+        "valid": True,
     })
+    if sent.aborted:
+        row["valid"] = False
+        row["invalid_reason"] = f"sending aborted: {sent.aborted}"
     row.update(meas.result())
     row["server_cpu_us_per_packet"] = (round(row["server_cpu_s"] / sent.answered * 1e6, 1)
                                        if sent.answered else None)
     if target == "ispstream":
-        after = isp.settle()
-        topic = read_topic(isp.kafka.bootstrap, isp.topic)
-        row["verification"] = verify_kafka(load, sent, before, after, topic, "bench-probe")
+        if isp.alive():
+            after = isp.settle()
+            topic = read_topic(isp.kafka.bootstrap, isp.topic)
+            row["verification"] = verify_kafka(load, sent, before, after, topic,
+                                               "bench-probe")
+        else:
+            # a crash of the collector is a finding, not noise: the run counts and fails
+            row["verification"] = {"ok": False, "checks": {},
+                                   "error": "the collector exited during the run",
+                                   "collector_acked": 0, "collector_spooled": 0,
+                                   "kafka_distinct_packets": 0, "missing_packets": None}
         rc = isp.stop()
         row["collector_exit_code"] = rc
         row["collector_log"] = _log_findings(isp.log_text())
     else:
-        row["stored"] = peers[target].stored()
+        peer = peers[target]
+        if not peer.alive():
+            # not a measurement of FreeRADIUS: something else stopped it mid-run
+            row.pop("invalid_reason", None)
+            row["valid"] = False
+            row["invalid_reason"] = (f"FreeRADIUS exited during the run (exit code "
+                                     f"{peer.proc.returncode}): killed by something else?")
+        else:
+            row["stored"] = peer.stored()
     return row
 
 
 def summarize(rows: list[dict], targets: list[str]) -> dict:
+    """Medians over the valid runs; ratios only between runs of the same round."""
+    rows = [r for r in rows if r.get("valid", True)]
     by_target: dict[str, dict] = {}
     for t in targets:
         rs = [r for r in rows if r["target"] == t]
@@ -508,7 +539,9 @@ def print_summary(result: dict, path: Path | None) -> None:
           f"{'rcvbuf':>6} {'busy':>5}  check")
     for r in result["runs"]:
         check = ""
-        if "verification" in r:
+        if "verification" in r and r["verification"].get("error"):
+            check = f"kafka check FAILED: {r['verification']['error']}"
+        elif "verification" in r:
             v = r["verification"]
             check = (f"kafka {'OK' if v['ok'] else 'FAILED'} ({v['kafka_distinct_packets']} "
                      f"in topic, collector acked {v['collector_acked']}"
@@ -516,11 +549,16 @@ def print_summary(result: dict, path: Path | None) -> None:
                      f"{', missing ' + str(v['missing_packets']) if v['missing_packets'] else ''})")
         elif r.get("stored"):
             check = ", ".join(f"{k}={v}" for k, v in r["stored"].items())
+        if not r.get("valid", True):
+            check = f"INVALID, not counted: {r['invalid_reason']}; " + check
         print(f"{r['round']:>5} {r['target']:<18} {r['acked_per_s']:>9.0f} {r['answered']:>9} "
               f"{r['lost']:>5} {r['wall_s']:>7.2f} {r['server_cpu_s']:>9.2f} "
               f"{(r['server_cpu_us_per_packet'] or 0):>7.1f} {r['db_cpu_s']:>8.2f} "
               f"{r['other_cpu_s']:>8.2f} "
               f"{r['udp_rcvbuf_errors']:>6} {(r['machine_busy_fraction'] or 0):>5.2f}  {check}")
+    for r in result.get("discarded_runs", []):
+        print(f"{r['round']:>5} {r['target']:<18} discarded and run again: "
+              f"{r['invalid_reason']}")
     s = result["summary"]
     print()
     print("median acked/s per target (min-max):")
@@ -544,6 +582,10 @@ def print_summary(result: dict, path: Path | None) -> None:
             print(f"  {k:<32} {'yes' if v else 'NO'}")
     if path:
         print(f"\nresult: {path}")
+
+
+def _raise_exit(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -603,7 +645,10 @@ def main(argv: list[str] | None = None) -> int:
     isp = None
     peers: dict[str, frpeer.FreeRadiusPeer] = {}
     rows: list[dict] = []
+    discarded: list[dict] = []
     t_start = time.monotonic()
+    # SIGTERM: unwind through the finally below (stop servers, drop databases)
+    previous = signal.signal(signal.SIGTERM, _raise_exit)
     try:
         for t in args.targets:
             if t.startswith("freeradius-"):
@@ -622,6 +667,12 @@ def main(argv: list[str] | None = None) -> int:
         for rnd in range(1, args.rounds + 1):
             for t in args.targets:
                 row = run_one(t, rnd, load, peers, isp, args.lanes, args.admin_dsn)
+                if not row["valid"] and t != "ispstream":
+                    # the machine is shared: a peer killed from outside is retried once
+                    log.warning("round %d %s discarded: %s; running it again", rnd, t,
+                                row["invalid_reason"])
+                    discarded.append(row)
+                    row = run_one(t, rnd, load, peers, isp, args.lanes, args.admin_dsn)
                 rows.append(row)
                 extra = ""
                 if "verification" in row:
@@ -639,6 +690,7 @@ def main(argv: list[str] | None = None) -> int:
             kafka.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
 
     result = {
         "benchmark": "collector-ingest",
@@ -653,6 +705,7 @@ def main(argv: list[str] | None = None) -> int:
                  "min_session_gap": load.min_gap},
         "duration_s": round(time.monotonic() - t_start, 1),
         "runs": rows,
+        "discarded_runs": discarded,
         "summary": summarize(rows, args.targets),
     }
     path = None if args.no_write else write_result("collector", result)

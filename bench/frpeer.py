@@ -120,7 +120,8 @@ class FreeRadiusPeer:
         }
         module = (TEMPLATES / f"{self.kind}.conf.in").read_text()
         if self.kind == "sql":
-            self._create_database()
+            if self.db_name is None:
+                self._create_database()
             url = urlsplit(self.db_dsn)
             module = self._render(module, {
                 "DB_HOST": url.hostname or "127.0.0.1", "DB_PORT": str(url.port or 5432),
@@ -149,6 +150,14 @@ class FreeRadiusPeer:
         wait_until(lambda: self._alive_or_raise() and radload.probe(
             "127.0.0.1", self.port, self.secret, timeout=1), 30,
             f"FreeRADIUS ({self.kind}) to answer on port {self.port}", every=0.3)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def restart(self) -> None:
+        """Start the process again (same port, database and configuration)."""
+        self._stop_process()
+        self.start()
 
     def _alive_or_raise(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:
@@ -193,7 +202,7 @@ class FreeRadiusPeer:
             return {"detail_records": records}
         return {}
 
-    def stop(self) -> None:
+    def _stop_process(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -204,6 +213,9 @@ class FreeRadiusPeer:
         if self._log:
             self._log.close()
             self._log = None
+
+    def stop(self) -> None:
+        self._stop_process()
         if self.db_name:
             try:
                 with psycopg.connect(self.admin_dsn, autocommit=True) as admin:

@@ -17,6 +17,7 @@ lanes), each by its own radclient process with the same options for every target
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import re
 import shutil
@@ -24,6 +25,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 # 2026-11-01T00:00:00Z: a fixed origin so the load is identical on every run
 EPOCH_BASE = 1793491200
@@ -54,6 +56,11 @@ class Load:
     sessions: int
     interims: int
     min_gap: int
+    chunk_size: int = 2000
+
+    def chunk_sizes(self) -> list[int]:
+        n = len(self.packets)
+        return [min(self.chunk_size, n - i) for i in range(0, n, self.chunk_size)]
 
     def mix(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -153,7 +160,7 @@ def build(directory: Path, sessions: int, interims: int = 4, chunk_size: int = 2
           seed: int = 1) -> Load:
     packets = generate(sessions, interims, seed=seed)
     return Load(packets, write_chunks(packets, directory, chunk_size), sessions, interims,
-                min_session_gap(packets))
+                min_session_gap(packets), chunk_size)
 
 
 # --- sending ------------------------------------------------------------------------
@@ -179,35 +186,68 @@ class SendResult:
     wall_s: float
     chunks: int
     failed_runs: int
+    timed_out_runs: int
     stderr: list[str]
+    aborted: str | None = None
 
     @property
     def acked_per_s(self) -> float:
         return self.answered / self.wall_s if self.wall_s else 0.0
 
 
-def _run_one(radclient: str, chunk: Path, target: str, secret: str) -> dict:
-    rv = subprocess.run([radclient, *RADCLIENT_OPTS, "-f", str(chunk), target, "acct", secret],
-                        capture_output=True, text=True)
-    counts = {k: int(v) for k, v in _SUMMARY.findall(rv.stdout + rv.stderr)}
-    return {"rc": rv.returncode, "accepted": counts.get("Accepted", 0),
+def _run_one(radclient: str, chunk: Path, packets: int, target: str, secret: str,
+             server_alive: Callable[[], bool] | None) -> dict:
+    # radclient can hang when the server's port is closed: stop it when the server is
+    # gone, or after the time it would take with every packet timing out
+    limit = 30 + 2 * 3 * math.ceil(packets / PARALLEL)
+    deadline = time.monotonic() + limit
+    proc = subprocess.Popen([radclient, *RADCLIENT_OPTS, "-f", str(chunk), target, "acct",
+                             secret], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    while True:
+        try:
+            out, err = proc.communicate(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            gone = server_alive is not None and not server_alive()
+            if gone or time.monotonic() > deadline:
+                proc.kill()
+                proc.communicate()
+                why = "the server exited" if gone else f"no exit after {limit} s"
+                return {"rc": None, "accepted": 0, "rejected": 0, "lost": packets,
+                        "summary": False, "timed_out": True,
+                        "stderr": f"radclient killed: {why}"}
+    counts = {k: int(v) for k, v in _SUMMARY.findall(out + err)}
+    return {"rc": proc.returncode, "accepted": counts.get("Accepted", 0),
             "rejected": counts.get("Rejected", 0), "lost": counts.get("Lost", 0),
-            "summary": "Accepted" in counts,
-            "stderr": rv.stderr.strip()}
+            "summary": "Accepted" in counts, "timed_out": False, "stderr": err.strip()}
 
 
-def send(load: Load, host: str, port: int, secret: str, lanes: int = 1) -> SendResult:
+def send(load: Load, host: str, port: int, secret: str, lanes: int = 1,
+         server_alive: Callable[[], bool] | None = None) -> SendResult:
     """Send every chunk; ``lanes`` radclient processes at a time, each lane in order.
 
-    Wall time runs from the first radclient's start to the last one's exit.
+    Wall time runs from the first radclient's start to the last one's exit. Sending
+    stops early (``aborted``) when ``server_alive()`` turns false or a radclient hangs.
     """
     radclient = radclient_path()
     target = f"{host}:{port}"
     results: list[dict | None] = [None] * len(load.chunks)
+    sizes = load.chunk_sizes()
+
+    aborted: list[str] = []
 
     def lane(k: int) -> None:
         for n in range(k, len(load.chunks), lanes):
-            results[n] = _run_one(radclient, load.chunks[n], target, secret)
+            if aborted:
+                return
+            if server_alive is not None and not server_alive():
+                aborted.append(f"the server exited before chunk {n}")
+                return
+            results[n] = _run_one(radclient, load.chunks[n], sizes[n], target, secret,
+                                  server_alive)
+            if results[n]["timed_out"]:
+                aborted.append(f"chunk {n}: {results[n]['stderr']}")
 
     t0 = time.perf_counter()
     if lanes == 1:
@@ -229,7 +269,9 @@ def send(load: Load, host: str, port: int, secret: str, lanes: int = 1) -> SendR
         wall_s=wall,
         chunks=len(done),
         failed_runs=sum(1 for r in done if not r["summary"]),
+        timed_out_runs=sum(1 for r in done if r["timed_out"]),
         stderr=errors[:5],
+        aborted=aborted[0] if aborted else None,
     )
 
 
