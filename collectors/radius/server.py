@@ -60,6 +60,7 @@ DRAIN_BATCH = 5_000
 DRAIN_RETRY_S = 1.0
 SPOOL_COMMIT_INTERVAL_S = 0.2
 SUMMARY_INTERVAL_S = 60.0
+MAX_NOTED_DROPS = 20  # drops logged individually per summary interval
 LINGER_MS = 0
 
 RESULTS = (
@@ -159,6 +160,7 @@ class Collector:
                      "drained", spool.depth)
         self._next_summary = time.monotonic() + SUMMARY_INTERVAL_S
         self._summary_base = dict(self.counts)
+        self._noted: set[tuple[str, str]] = set()
 
     # -- the loop ------------------------------------------------------------------
 
@@ -207,6 +209,7 @@ class Collector:
             entry = by_ip.get(addr[0]) or lookup(addr[0])
             if entry is None:
                 counts["unknown_source"] += 1
+                self._note_drop("unknown_source", addr)
                 continue
             dlen = len(data)
             if dlen < 20:
@@ -225,6 +228,7 @@ class Collector:
             if not _compare(_md5(data[:4] + _ZERO16 + data[20:] + secret).digest(),
                             data[4:20]):
                 counts["bad_authenticator"] += 1
+                self._note_drop("bad_authenticator", addr)
                 continue
             key = (addr, data[:20])
             if key in inflight:
@@ -246,9 +250,11 @@ class Collector:
             if ma_at >= 0:
                 if not codec.message_authenticator_ok(data, secret, ma_at):
                     counts["bad_message_authenticator"] += 1
+                    self._note_drop("bad_message_authenticator", addr)
                     continue
             elif entry.require_ma:
                 counts["missing_message_authenticator"] += 1
+                self._note_drop("missing_message_authenticator", addr)
                 continue
             session_id = fields.get("session_id")
             if not session_id:
@@ -283,6 +289,14 @@ class Collector:
                 spooling = True
                 continue
             self._produced += 1
+
+    def _note_drop(self, reason: str, addr) -> None:
+        """Log the first drops per reason and source of each summary interval."""
+        noted = (reason, addr[0])
+        if noted not in self._noted and len(self._noted) < MAX_NOTED_DROPS:
+            self._noted.add(noted)
+            log.warning("dropped a request from %s: %s (further ones are only counted "
+                        "until the next summary)", addr[0], reason.replace("_", " "))
 
     def _settle(self) -> None:
         """Delivery reports, spool writes, replies, draining: what makes records durable."""
@@ -431,6 +445,9 @@ class Collector:
             self._next_summary = now + SUMMARY_INTERVAL_S
             delta = {k: v - self._summary_base[k] for k, v in self.counts.items()}
             self._summary_base = dict(self.counts)
+            self._noted.clear()
+            if not any(delta.values()) and not self.spool.depth:
+                return
             dropped = {k: v for k, v in delta.items()
                        if v and k not in ("acked", "spooled", "duplicate")}
             log.info("last %.0f s: acked=%d spooled=%d duplicate=%d dropped=%s "
@@ -507,8 +524,8 @@ def open_socket(bind: tuple[str, int]) -> socket.socket:
     sock.bind((host, port))
     sock.setblocking(False)
     log.info("listening for accounting on udp %s:%d (receive buffer %d bytes)",
-             host, sock.getsockname()[1], sock.getsockopt(socket.SOL_SOCKET,
-                                                            socket.SO_RCVBUF))
+             f"[{host}]" if ":" in host else host, sock.getsockname()[1],
+             sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
     return sock
 
 
