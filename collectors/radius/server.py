@@ -33,9 +33,10 @@ import collections
 import hashlib
 import hmac
 import logging
+import os
 import signal
-import socket
 import select
+import socket
 import threading
 import time
 
@@ -53,9 +54,11 @@ from ispstream.settings import Settings
 log = logging.getLogger(__name__)
 
 RECV_BATCH = 32  # datagrams per loop iteration: small, so replies flow while reading
+SPOOL_RECV_BATCH = 1024  # while spooling: one fsync per iteration covers the whole batch
 RCVBUF_BYTES = 8 * 1024 * 1024
 DUPLICATE_WINDOW_S = 5.0  # answered requests are remembered 5..10 s
 DRAIN_MAX_INFLIGHT = 20_000
+DRAIN_PROBE = 16  # records in flight while it is not known that Kafka takes them
 DRAIN_BATCH = 5_000
 DRAIN_RETRY_S = 1.0
 SPOOL_COMMIT_INTERVAL_S = 0.2
@@ -154,6 +157,13 @@ class Collector:
         self._drain_done_count = 0
         self._last_commit = 0.0
 
+        self._spool_waiters: collections.deque[tuple[int, list[Pending]]] = \
+            collections.deque()  # (ticket, requests) until the spool has synced them
+        self._wake_r, self._wake_w = os.pipe()  # the spool's syncer wakes the loop
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        spool.wakeup_fd = self._wake_w
+
         self.spooling = not spool.empty
         if self.spooling:
             log.info("spool holds %d record(s): new records are spooled until it is "
@@ -166,20 +176,38 @@ class Collector:
 
     def run(self) -> None:
         poller = select.poll()
-        poller.register(self.sock.fileno(), select.POLLIN)
+        sock_fd = self.sock.fileno()
+        poller.register(sock_fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
         producer_poll = self.producer.poll
-        while not self.stopping.is_set():
-            if self._produced or self._drain:
-                # Waiting for Kafka: wake for a delivery report or, soon, for datagrams.
-                if poller.poll(0):
-                    self._receive()
+        try:
+            while not self.stopping.is_set():
+                if self._produced or self._drain:
+                    # Waiting for Kafka: wake for a delivery report or soon for datagrams.
+                    events = poller.poll(0)
+                    if not events:
+                        producer_poll(0.0005)
                 else:
-                    producer_poll(0.0005)
-            elif poller.poll(1 if self._held or not self.spool.empty else 100):
-                self._receive()
-            self._settle()
-            self._housekeeping()
-        self._shutdown()
+                    events = poller.poll(1 if self._held else 100)
+                for fd, _ in events:
+                    if fd == sock_fd:
+                        self._receive()
+                    else:
+                        self._drain_wakeups()
+                self._settle()
+                self._housekeeping()
+            self._shutdown()
+        finally:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self.spool.wakeup_fd = None
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
 
     def _receive(self) -> None:
         """Handle up to RECV_BATCH datagrams waiting on the socket."""
@@ -199,7 +227,8 @@ class Collector:
         encode_event = self.events.encode
         now = time.time
         n = 0
-        while n < RECV_BATCH:
+        limit = SPOOL_RECV_BATCH if spooling else RECV_BATCH
+        while n < limit:
             try:
                 data, addr = recvfrom(4096)
             except (BlockingIOError, InterruptedError):
@@ -324,6 +353,8 @@ class Collector:
             self._held.clear()
         if self._to_spool:
             self._write_spool()
+        if self._spool_waiters:
+            self._release_spooled()
         if self._replies:
             self._send_replies()
         if self.spooling or self._drain or not self.spool.clean:
@@ -334,22 +365,37 @@ class Collector:
         log.warning("%s: spooling records locally until Kafka takes them again", why)
 
     def _write_spool(self) -> None:
+        """Write to the spool; the syncer thread fsyncs while the loop goes on."""
         batch = self._to_spool
         self._to_spool = []
         spool = self.spool
         for p in batch:
             spool.append(p.mkey, p.value)
         try:
-            spool.sync()
+            ticket = spool.write()
         except SpoolError:
-            log.exception("the spool could not be written: %d request(s) left unanswered",
-                          len(batch))
-            for p in batch:
-                self._inflight.pop(p.key, None)
-            self.counts["failed"] += len(batch)
+            self._unanswered(batch)
             return
-        self.counts["spooled"] += len(batch)
-        self._replies.extend(batch)
+        self._spool_waiters.append((ticket, batch))
+
+    def _release_spooled(self) -> None:
+        """Answer what the syncer has made durable (group commit)."""
+        waiters = self._spool_waiters
+        synced = self.spool.synced
+        while waiters and waiters[0][0] <= synced:
+            batch = waiters.popleft()[1]
+            self.counts["spooled"] += len(batch)
+            self._replies.extend(batch)
+        if waiters and self.spool.error is not None:
+            while waiters:
+                self._unanswered(waiters.popleft()[1])
+
+    def _unanswered(self, batch: list[Pending]) -> None:
+        log.error("the spool could not take %d request(s): left unanswered (the NAS "
+                  "retransmits)", len(batch))
+        for p in batch:
+            self._inflight.pop(p.key, None)
+        self.counts["failed"] += len(batch)
 
     def _send_replies(self) -> None:
         sendto = self.sock.sendto
@@ -400,7 +446,7 @@ class Collector:
 
         if (not self._drain_failed and now >= self._drain_retry_at
                 and not self.stopping.is_set()):
-            room = DRAIN_MAX_INFLIGHT - len(drain)
+            room = (DRAIN_MAX_INFLIGHT if self._kafka_ok else DRAIN_PROBE) - len(drain)
             if room > 0 and spool.depth:
                 produce = self.producer.produce
                 topic = self.topic
@@ -416,7 +462,8 @@ class Collector:
                     drain.append(item)
 
         if (self.spooling and self._kafka_ok and spool.all_read and not self._drain_failed
-                and not self._held and not self._to_spool and not self._produced):
+                and not self._held and not self._to_spool and not self._produced
+                and not self._spool_waiters):
             # Kafka takes spooled records again and every one of them has been handed to
             # the producer, which keeps each partition in order: new records can follow
             # them directly.
@@ -459,8 +506,8 @@ class Collector:
         log.info("stopping: settling %d request(s) in flight", len(self._inflight))
         deadline = time.monotonic() + 30.0
         while time.monotonic() < deadline and (self._produced or self._held
-                                                or self._drain):
-            self.producer.poll(0.05)
+                                                or self._drain or self._spool_waiters):
+            self.producer.poll(0.01)
             self._settle()
         self._settle()
         if self._drain_done_count:

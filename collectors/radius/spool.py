@@ -1,13 +1,19 @@
 """A local, fsynced, ordered spool of Kafka records for when Kafka cannot take them.
 
-Records are appended to numbered segment files (``<n>.seg``) and made durable in groups
-with one ``fsync`` (``append`` then ``sync``). A drainer reads them back in order
-(``read``), and only after Kafka has confirmed delivery of a prefix does it ``commit``
-the position (file ``drained``, replaced atomically). Segments wholly before the
-committed position are deleted; ``reset`` starts a fresh segment once everything has
-been delivered. A restart resumes from the committed position, so nothing that was
-acknowledged is lost; records delivered but not yet committed when the process died
-are delivered again (at least once).
+Records are appended to numbered segment files (``<n>.seg``). Durability is a group
+commit that does not stop the caller: ``write()`` puts the buffered records into the
+segment (page cache) and returns a ticket; a syncer thread fsyncs everything written so
+far, in one ``fsync`` however many records that is, and publishes ``synced`` (records
+durable so far) — the caller answers a request only once ``synced`` has passed its
+ticket. ``sync()`` does both and waits.
+
+A drainer reads the durable records back in order (``read``), and only after Kafka has
+confirmed delivery of a prefix does it ``commit`` the position (file ``drained``,
+replaced atomically). Segments wholly before the committed position are deleted;
+``reset`` starts a fresh segment once everything has been delivered. A restart resumes
+from the committed position, so nothing that was acknowledged is lost; records
+delivered but not yet committed when the process died are delivered again (at least
+once).
 
 Record format: ``crc32(key + value) u32 | len(key) u16 | len(value) u32 | key | value``
 (big-endian). A torn record at the end of the newest segment (a crash during a write
@@ -19,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import threading
 import zlib
 from pathlib import Path
 
@@ -37,15 +44,21 @@ Position = tuple[int, int]  # (segment number, byte offset)
 
 
 class Spool:
-    """An append-only, crash-safe queue of ``(key, value)`` byte records in a folder."""
+    """An append-only, crash-safe queue of ``(key, value)`` byte records in a folder.
 
-    def __init__(self, directory: Path, segment_max_bytes: int = SEGMENT_MAX_BYTES) -> None:
+    One thread appends, writes, reads and commits; the syncer thread only fsyncs.
+    ``wakeup_fd`` (optional, settable later) gets a byte after every fsync, for a poll
+    loop to wait on.
+    """
+
+    def __init__(self, directory: Path, segment_max_bytes: int = SEGMENT_MAX_BYTES,
+                 wakeup_fd: int | None = None) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._segment_max = segment_max_bytes
         self._pos_path = self.dir / "drained"
+        self.wakeup_fd = wakeup_fd
         self._buffer: list[bytes] = []
-        self._buffered_records = 0
 
         segments = self._segments()
         committed = self._read_position()
@@ -59,82 +72,157 @@ class Spool:
         elif committed[1] > self._segment_size(committed[0]):
             raise SpoolError(f"{self._pos_path} points past the end of its segment")
         self.committed: Position = committed
-        self.depth = 0  # records written and synced, not yet committed as delivered
+        self._base_depth = 0  # records found at start, not yet delivered
         for seg in segments:
             start = committed[1] if seg == committed[0] else 0
-            self.depth += self._scan(seg, start, last=(seg == segments[-1]))
+            self._base_depth += self._scan(seg, start, last=(seg == segments[-1]))
 
         self._write_seg = segments[-1] if segments else committed[0]
-        self._file = open(self._segment_path(self._write_seg), "ab")
-        if not segments:
-            self._fsync_dir()
-        self._write_off = self._file.tell()  # synced end of the newest segment
+        self._fd = self._open_segment(self._write_seg)
+        self._write_off = os.lseek(self._fd, 0, os.SEEK_END)
+        self._written = 0  # records written since start (tickets)
+        self._committed_records = 0  # records committed as delivered since start
         self._reader: Position = self.committed
         self._read_fds: dict[int, int] = {}
-        if self.depth:
-            log.info("spool %s holds %d record(s) not yet delivered", self.dir, self.depth)
+
+        # shared with the syncer thread, under _lock
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._target: tuple[int, Position] = (0, (self._write_seg, self._write_off))
+        self._dirty: list[int] = []  # fds with unsynced writes (rolled ones are closed)
+        self._dir_dirty = not segments
+        self._synced = 0
+        self._synced_end: Position = (self._write_seg, self._write_off)
+        self._busy = False
+        self._error: SpoolError | None = None
+        self._closing = False
+        self._syncer = threading.Thread(target=self._sync_loop, name="spool-fsync",
+                                        daemon=True)
+        self._syncer.start()
+        if self._base_depth:
+            log.info("spool %s holds %d record(s) not yet delivered", self.dir,
+                     self._base_depth)
 
     # -- writing -------------------------------------------------------------------
 
     def append(self, key: bytes, value: bytes) -> None:
-        """Buffer a record; it is durable only after the next ``sync``."""
+        """Buffer a record; ``write`` hands it to the syncer."""
         self._buffer.append(_HEADER.pack(zlib.crc32(value, zlib.crc32(key)), len(key),
                                          len(value)) + key + value)
-        self._buffered_records += 1
+
+    def write(self) -> int:
+        """Write the buffered records and have them fsynced; return the ticket that
+        ``synced`` reaches once they are durable. Raises ``SpoolError`` after a failure
+        (the spool then refuses everything: nothing after it can be trusted)."""
+        if self._error is not None:
+            self._buffer.clear()
+            raise self._error
+        if not self._buffer:
+            return self._written
+        data = b"".join(self._buffer)
+        n = len(self._buffer)
+        self._buffer.clear()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:
+            self._fail(SpoolError(f"writing the spool failed: {exc}"))
+            raise self._error from exc
+        self._written += n
+        self._write_off += len(data)
+        with self._lock:
+            if self._fd not in self._dirty:
+                self._dirty.append(self._fd)
+            if self._write_off >= self._segment_max:
+                self._write_seg += 1
+                self._write_off = 0
+                self._fd = self._open_segment(self._write_seg)
+                self._dir_dirty = True
+            self._target = (self._written, (self._write_seg, self._write_off))
+            self._changed.notify()
+        return self._written
+
+    @property
+    def synced(self) -> int:
+        """Tickets up to this one are durable."""
+        return self._synced
+
+    @property
+    def error(self) -> SpoolError | None:
+        return self._error
 
     def sync(self) -> int:
-        """Write and fsync the buffered records (one fsync); return how many.
+        """Write the buffered records and wait until they are durable; return how many."""
+        before = self._written
+        ticket = self.write()
+        with self._lock:
+            while self._synced < ticket and self._error is None:
+                self._changed.wait()
+        if self._error is not None:
+            raise self._error
+        return ticket - before
 
-        On failure the segment is cut back to its last synced size and ``SpoolError``
-        is raised: none of the buffered records is durable.
-        """
-        n = self._buffered_records
-        if not n:
-            return 0
-        data = b"".join(self._buffer)
-        self._buffer.clear()
-        self._buffered_records = 0
-        try:
-            self._file.write(data)
-            self._file.flush()
-            os.fsync(self._file.fileno())
-        except OSError as exc:
-            self._undo_write()
-            raise SpoolError(f"writing the spool failed: {exc}") from exc
-        self._write_off += len(data)
-        self.depth += n
-        if self._write_off >= self._segment_max:
-            self._roll()
-        return n
+    def _sync_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closing and self._target[0] <= self._synced:
+                    self._changed.wait()
+                if self._target[0] <= self._synced:
+                    return  # closing, all synced
+                target, end = self._target
+                fds, self._dirty = self._dirty, []
+                sync_dir, self._dir_dirty = self._dir_dirty, False
+                current = self._fd
+                self._busy = True
+            try:
+                for fd in fds:
+                    os.fsync(fd)
+                if sync_dir:
+                    self._fsync_dir()
+            except OSError as exc:
+                self._fail(SpoolError(f"fsync of the spool failed: {exc}"))
+                return
+            with self._lock:
+                self._synced = target
+                self._synced_end = end
+                self._busy = False
+                for fd in fds:
+                    if fd != current and fd != self._fd:
+                        os.close(fd)  # a rolled segment, now durable
+                self._changed.notify_all()
+            self._wake()
 
-    def _undo_write(self) -> None:
-        try:
-            self._file.close()
-        except OSError:
-            pass
-        try:
-            os.truncate(self._segment_path(self._write_seg), self._write_off)
-        except OSError:
-            log.exception("could not cut the spool segment back after a failed write")
-        self._file = open(self._segment_path(self._write_seg), "ab")
+    def _fail(self, error: SpoolError) -> None:
+        log.error("%s: the spool takes no more records", error)
+        with self._lock:
+            self._error = error
+            self._busy = False
+            self._changed.notify_all()
+        self._wake()
 
-    def _roll(self) -> None:
-        self._file.close()
-        self._write_seg += 1
-        self._file = open(self._segment_path(self._write_seg), "ab")
-        self._write_off = 0
-        self._fsync_dir()
+    def _wake(self) -> None:
+        if self.wakeup_fd is not None:
+            try:
+                os.write(self.wakeup_fd, b"\0")
+            except (BlockingIOError, OSError):
+                pass  # the pipe is full: the loop is awake anyway
 
     # -- draining ------------------------------------------------------------------
 
     @property
+    def depth(self) -> int:
+        """Records durable in the spool and not yet committed as delivered."""
+        return self._base_depth + self._synced - self._committed_records
+
+    @property
     def empty(self) -> bool:
-        """Nothing buffered and everything synced has been committed as delivered."""
-        return not self._buffered_records and self.depth == 0
+        """Nothing buffered or being synced, and everything committed as delivered."""
+        return not self._buffer and self._written == self._synced and self.depth == 0
 
     @property
     def all_read(self) -> bool:
-        """The reader is at the end of what has been synced."""
+        """The reader is at the end of what has been written."""
         return self._reader == (self._write_seg, self._write_off)
 
     @property
@@ -144,13 +232,16 @@ class Spool:
             and self._write_off == 0
 
     def read(self, max_records: int) -> list[tuple[bytes, bytes, Position]]:
-        """The next synced records after the reader position, with each one's end."""
+        """The next durable records after the reader position, with each one's end."""
         out: list[tuple[bytes, bytes, Position]] = []
+        synced_seg, synced_off = self._synced_end
         while len(out) < max_records:
             seg, off = self._reader
-            end = self._write_off if seg == self._write_seg else self._segment_size(seg)
+            if seg > synced_seg:
+                break
+            end = synced_off if seg == synced_seg else self._segment_size(seg)
             if off >= end:
-                if seg < self._write_seg:
+                if seg < synced_seg:
                     self._close_reader(seg)
                     self._reader = (seg + 1, 0)
                     continue
@@ -183,22 +274,26 @@ class Spool:
         self._write_position(position)
         old = self.committed[0]
         self.committed = position
-        self.depth -= records
+        self._committed_records += records
         for seg in range(old, position[0]):
             self._close_reader(seg)
             self._segment_path(seg).unlink(missing_ok=True)
 
     def reset(self) -> None:
         """Start a fresh segment once everything written has been delivered."""
-        if not self.empty:
-            raise SpoolError("the spool still holds undelivered records")
-        old = self._write_seg
-        self._file.close()
-        self._write_seg = old + 1
-        self._write_off = 0
-        self._file = open(self._segment_path(self._write_seg), "ab")
-        self._write_position((self._write_seg, 0))
-        self.committed = self._reader = (self._write_seg, 0)
+        with self._lock:
+            if not self.empty or self._busy:
+                raise SpoolError("the spool still holds undelivered records")
+            old = self._write_seg
+            os.close(self._fd)
+            self._write_seg = old + 1
+            self._write_off = 0
+            self._fd = self._open_segment(self._write_seg)
+            self._write_position((self._write_seg, 0))
+            self.committed = self._reader = (self._write_seg, 0)
+            self._target = (self._written, self.committed)
+            self._synced_end = self.committed
+            self._dirty = []
         for seg in list(self._read_fds):
             self._close_reader(seg)
         for seg in self._segments():
@@ -207,14 +302,27 @@ class Spool:
         self._fsync_dir()
 
     def close(self) -> None:
+        """Sync what was written, stop the syncer, close the files."""
+        with self._lock:
+            self._closing = True
+            self._changed.notify_all()
+        self._syncer.join(timeout=30)
         for seg in list(self._read_fds):
             self._close_reader(seg)
-        self._file.close()
+        for fd in set(self._dirty) | {self._fd}:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     # -- files ---------------------------------------------------------------------
 
     def _segment_path(self, seg: int) -> Path:
         return self.dir / f"{seg:010d}.seg"
+
+    def _open_segment(self, seg: int) -> int:
+        return os.open(self._segment_path(seg), os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                       0o600)
 
     def _segments(self) -> list[int]:
         return sorted(int(p.stem) for p in self.dir.glob("*.seg") if p.stem.isdigit())

@@ -682,8 +682,10 @@ def test_spool_mode_keeps_order_and_returns_to_kafka(radius_dict, tmp_path, monk
                                 Acct_Input_Octets=n), rx.getsockname())
         time.sleep(0.01)
         collector._receive()
-        for _ in range(3):
-            collector._settle()
+        deadline = time.monotonic() + 5
+        while collector._inflight and time.monotonic() < deadline:
+            collector._settle()  # the spool's syncer works in the background
+            time.sleep(0.001)
         assert nas.recv(100)[0] == 5  # answered: durable in Kafka or in the spool
 
     send("A", 1)  # Kafka fails it: spooled, answered
@@ -692,8 +694,10 @@ def test_spool_mode_keeps_order_and_returns_to_kafka(radius_dict, tmp_path, monk
     send("A", 3)  # spooled directly, after A/1
     assert collector.counts["spooled"] == 3 and collector.spool.depth == 3
     producer.down = False
-    for _ in range(5):
+    deadline = time.monotonic() + 5
+    while (collector.spooling or collector.spool.depth) and time.monotonic() < deadline:
         collector._settle()
+        time.sleep(0.001)
     assert not collector.spooling and collector.spool.depth == 0
     send("A", 4)  # straight to Kafka again
     assert collector.counts["acked"] == 1 and collector.spool.clean
