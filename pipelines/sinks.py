@@ -1,4 +1,5 @@
-"""Database sink of the usage flow: idempotent, batched upserts in one transaction.
+"""Database sinks: the pipelined partition every flow's database sink shares, and the
+usage flow's sink (idempotent, batched upserts in one transaction).
 
 Per batch: session snapshots upsert ``sessions`` (only ever to a higher ``version``);
 rated pieces upsert ``usage_rated`` on their stable key; ``usage_hourly`` is adjusted by
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Iterable
+from typing import Callable, Iterable
 
 import psycopg
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -161,33 +162,42 @@ def write_usage(conn: psycopg.Connection, items: list) -> tuple[int, int]:
     return len(snaps), len(rated)
 
 
+WriteFn = Callable[[psycopg.Connection, list], object]
+
+
 class _PipelinedPartition(StatefulSinkPartition):
     """Writes batches on a background thread, so the flow keeps computing meanwhile.
 
-    Whatever queued up while the previous transaction ran is merged into the next one
-    (under backlog, repeated session snapshots and hour buckets coalesce). ``snapshot``,
-    which Bytewax calls at the end of every epoch before it records that epoch's state
-    and input offsets, blocks until everything queued is committed: the write precedes
-    the commit of offsets. A failed write fails the flow at the next call, and it resumes
-    from the last snapshot.
+    ``write(conn, items)`` writes one batch in one transaction (idempotently: a batch
+    may be written again after a reconnect or a replay). Whatever queued up while the
+    previous transaction ran is merged into the next one (under backlog, repeated
+    snapshots of a row coalesce). ``snapshot``, which Bytewax calls at the end of every
+    epoch before it records that epoch's state and input offsets, blocks until
+    everything queued is committed: the write precedes the commit of offsets. A failed
+    write fails the flow at the next call, and it resumes from the last snapshot.
     """
 
-    def __init__(self, dsn: str, max_queued: int, max_merge: int) -> None:
+    def __init__(self, dsn: str, max_queued: int, max_merge: int,
+                 write: WriteFn | None = None, name: str = "usage") -> None:
         self._dsn = dsn
         self._max_queued = max_queued
         self._max_merge = max_merge
+        self._write_fn: WriteFn = write or write_usage
+        self._name = name
         self._cv = threading.Condition()
         self._queue: list = []
         self._busy = False
         self._error: BaseException | None = None
         self._closing = False
         self._conn = connect(dsn)
-        self._thread = threading.Thread(target=self._run, name="usage-db-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{name}-db-writer",
+                                        daemon=True)
         self._thread.start()
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
-            raise RuntimeError("writing usage to the database failed") from self._error
+            raise RuntimeError(f"writing {self._name} to the database failed") \
+                from self._error
 
     def write_batch(self, values: list) -> None:
         with self._cv:
@@ -226,7 +236,7 @@ class _PipelinedPartition(StatefulSinkPartition):
             try:
                 self._write(batch)
             except BaseException as exc:  # noqa: BLE001 - surfaced to the flow thread
-                log.exception("usage database write failed")
+                log.exception("%s database write failed", self._name)
                 with self._cv:
                     self._error = exc
                     self._busy = False
@@ -238,13 +248,13 @@ class _PipelinedPartition(StatefulSinkPartition):
 
     def _write(self, batch: list) -> None:
         try:
-            write_usage(self._conn, batch)
+            self._write_fn(self._conn, batch)
         except psycopg.OperationalError:
             # The connection broke: reconnect once and retry the same idempotent batch.
             log.warning("database connection lost; reconnecting")
             self._conn.close()
             self._conn = connect(self._dsn)
-            write_usage(self._conn, batch)
+            self._write_fn(self._conn, batch)
 
 
 class UsageDbSink(FixedPartitionedSink):
@@ -265,4 +275,28 @@ class UsageDbSink(FixedPartitionedSink):
         return [f"db-{i}" for i in range(self._partitions)]
 
     def build_part(self, step_id: str, for_part: str, resume_state) -> _PipelinedPartition:
-        return _PipelinedPartition(self._dsn, self._max_queued, self._max_merge)
+        return _PipelinedPartition(self._dsn, self._max_queued, self._max_merge,
+                                   write_usage, "usage")
+
+
+class PipelinedDbSink(FixedPartitionedSink):
+    """A Bytewax sink writing ``(key, item)`` batches with ``write(conn, items)`` on
+    ``partitions`` pipelined writer partitions (each with its own connection and
+    thread), with the same epoch barrier as the usage sink. Items are routed to a
+    partition by key, so one key's items are always written in order."""
+
+    def __init__(self, dsn: str, write: WriteFn, name: str, partitions: int = 1,
+                 max_queued: int = 200_000, max_merge: int = 50_000) -> None:
+        self._dsn = dsn
+        self._write = write
+        self._name = name
+        self._partitions = partitions
+        self._max_queued = max_queued
+        self._max_merge = max_merge
+
+    def list_parts(self) -> list[str]:
+        return [f"{self._name}-db-{i}" for i in range(self._partitions)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state) -> _PipelinedPartition:
+        return _PipelinedPartition(self._dsn, self._max_queued, self._max_merge,
+                                   self._write, self._name)
