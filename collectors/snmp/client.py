@@ -140,6 +140,7 @@ def _pysnmp():
 
 def privacy_available() -> bool:
     """Whether pysnmp can encrypt (it needs the ``cryptography`` package for AES/DES)."""
+    _pysnmp()  # pysnmp's modules import each other in an order of their own
     from pysnmp.proto.secmod.rfc3826.priv import aes
 
     return not aes.PysnmpCryptoError
