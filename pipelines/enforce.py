@@ -6,6 +6,7 @@ Run it with ``ispstream flow enforce`` (recovery on), or build it in a test with
 Shape of the stream, step by step::
 
     radius.acct + actions + actions.results (Kafka)     KafkaSourceMessage
+    -> drop_inert_results                     minus answers that cannot close a session
     -> parse                                  AcctEvent | ActionEvent | ActionResult | DeadLetter
     -> by_nas_shard / nas_index (per NAS shard)  AcctEvent | NasReset (Accounting-On/Off)
     -> by_subscriber / enforce (per subscriber, timers for cycle ends)
@@ -97,6 +98,22 @@ def parse_message(models: dict[str, type[BaseModel]], msg: KafkaSourceMessage):
         reason = exc.errors(include_url=False) if isinstance(exc, ValidationError) else str(exc)
         return _dead_letter(topic, msg.partition, msg.offset, msg.key, msg.value,
                             f"invalid {model.__name__ if model else 'message'}: {reason}")
+
+
+# Answers that change nothing in a subscriber's state, recognised without parsing (our
+# own compact JSON): every CoA ACK, timeout and skip. A result written differently is
+# simply parsed and ignored later.
+_INERT_RESULTS = ((b'"request":"coa"', b'"outcome":"ack"'), (b'"outcome":"timeout"',),
+                  (b'"outcome":"skipped"',))
+
+
+def needs_parsing(results_topic: str, msg: KafkaSourceMessage) -> bool:
+    """False for ``actions.results`` messages that cannot close a session (most of them):
+    only a NAK (Error-Cause 503) or an ACKed Disconnect does."""
+    if msg.topic != results_topic or not msg.value:
+        return True
+    v = msg.value
+    return not any(all(p in v for p in pattern) for pattern in _INERT_RESULTS)
 
 
 def kafka_error_letter(err) -> DeadLetter:
@@ -244,6 +261,10 @@ def build_flow(
     """Build the enforce dataflow from settings (tests may pass their own sink/clock)."""
     brokers = settings.require_kafka().split(",")
     kcfg = dict(settings.kafka_config)
+    # Enforcement is latency-bound: never let a fetch idle for librdkafka's default
+    # 500 ms on a broker that does not answer as soon as data arrives (the embedded
+    # broker does not). Kafka itself answers at once; this only bounds idle fetches.
+    in_cfg = {"fetch.wait.max.ms": "100", **kcfg}
     catalog = catalog or EnforceCatalog(settings.dsn(), settings.inventory_refresh_s)
     catalog.refresh()
     env = EnforceEnv(
@@ -259,9 +280,12 @@ def build_flow(
 
     flow = Dataflow("enforce")
     inp = kop.input("enforce_in", flow, brokers=brokers, topics=list(models), tail=tail,
-                    add_config=kcfg)
+                    add_config=in_cfg)
     # KafkaSourceMessage (oks) | KafkaError (errs)
-    parsed = op.map("parse", inp.oks, partial(parse_message, models))
+    wanted = op.filter("drop_inert_results", inp.oks,
+                       partial(needs_parsing, settings.topic(topics.ACTION_RESULTS)))
+    # KafkaSourceMessage, minus answers that change no state
+    parsed = op.map("parse", wanted, partial(parse_message, models))
     # AcctEvent | ActionEvent | ActionResult | DeadLetter
     valid = op.branch("valid", parsed, is_event)
     # trues: events; falses: DeadLetter

@@ -139,6 +139,7 @@ class SubscriberEnforcement:
     enforced: Enforced = field(default_factory=Enforced)
     sessions: dict[tuple[str, str], OpenSession] = field(default_factory=dict)
     seen: dict[str, None] = field(default_factory=dict)
+    clock: int = 0  # the latest event time of the subscriber's accounting
 
     # --- accounting ---------------------------------------------------------------------
 
@@ -153,6 +154,7 @@ class SubscriberEnforcement:
         if ev.status not in ("Start", "Interim-Update"):
             return []
         t = event_time(ev)
+        self.clock = max(self.clock, t)
         prev = self.sessions.get(key)
         self.sessions[key] = OpenSession(
             ev.nas_id, ev.nas_ip, ev.session_id,
@@ -183,7 +185,7 @@ class SubscriberEnforcement:
         if a.intent_id in self.seen:
             return []
         self._remember(a.intent_id)
-        self._prune_stale(a.at, cfg)
+        self._prune_stale(cfg)
         prev = self.enforced
         new: Enforced | None = None
         op = None
@@ -251,23 +253,25 @@ class SubscriberEnforcement:
         while len(self.seen) > SEEN_INTENTS:
             del self.seen[next(iter(self.seen))]
 
-    def _prune_stale(self, at: float, cfg: SubscriberConfig) -> None:
-        """Sessions silent for ``stale_factor`` × their interim interval (event time) are
-        considered gone, as the usage flow closes them."""
+    def _prune_stale(self, cfg: SubscriberConfig) -> None:
+        """Sessions silent for ``stale_factor`` × their interim interval are considered
+        gone, as the usage flow closes them. Measured against the subscriber's own
+        accounting clock, not the action's time: accounting and actions are read
+        independently, and a lagging accounting stream must not make sessions look dead."""
         for key, s in list(self.sessions.items()):
             interval = s.interim_interval or cfg.default_interim_interval
-            if s.last_seen + cfg.stale_factor * interval < at:
+            if s.last_seen + cfg.stale_factor * interval < self.clock:
                 del self.sessions[key]
 
     def snapshot(self) -> tuple:
         """An immutable copy for recovery (the values are frozen dataclasses)."""
         return (self.tenant_id, self.username, self.enforced, dict(self.sessions),
-                tuple(self.seen))
+                tuple(self.seen), self.clock)
 
     @classmethod
     def restore(cls, snap: tuple) -> "SubscriberEnforcement":
-        tenant_id, username, enforced, sessions, seen = snap
-        return cls(tenant_id, username, enforced, dict(sessions), dict.fromkeys(seen))
+        tenant_id, username, enforced, sessions, seen, clock = snap
+        return cls(tenant_id, username, enforced, dict(sessions), dict.fromkeys(seen), clock)
 
 
 @dataclass

@@ -123,18 +123,25 @@ def load_enforced(dsn: str) -> dict[tuple[str, str], Enforced]:
 
 # --- SQL ----------------------------------------------------------------------------------
 
-_INSERT_ACTION = """
+_INSERT_ACTIONS = """
 INSERT INTO actions (tenant_id, intent_id, username, kind, rate, source, reason,
                      threshold_pct, cycle_start, requested_by, at, state, completed_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s), %s,
-        CASE WHEN %s = 'pending' THEN NULL ELSE now() END)
+SELECT t, i, u, k, r, src, reason, pct, cs, rb, to_timestamp(at), st,
+       CASE WHEN st = 'pending' THEN NULL ELSE now() END
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+            %s::text[], %s::int[], %s::date[], %s::text[], %s::float8[], %s::text[])
+     AS x(t, i, u, k, r, src, reason, pct, cs, rb, at, st)
 ON CONFLICT (tenant_id, intent_id) DO NOTHING
 """
 
-_UPSERT_STATE = """
+# Applied in stream order: the batch holds at most one row per subscriber (the last).
+_UPSERT_STATES = """
 INSERT INTO enforcement_state (tenant_id, username, state, rate, reason, source, intent_id,
                                since, until, updated_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, to_timestamp(%s), to_timestamp(%s), now())
+SELECT t, u, st, r, reason, src, i, to_timestamp(since), to_timestamp(until), now()
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+            %s::text[], %s::float8[], %s::float8[])
+     AS x(t, u, st, r, reason, src, i, since, until)
 ON CONFLICT (tenant_id, username) DO UPDATE
 SET state = excluded.state, rate = excluded.rate, reason = excluded.reason,
     source = excluded.source, intent_id = excluded.intent_id, since = excluded.since,
@@ -151,7 +158,8 @@ ON CONFLICT DO NOTHING
 """
 
 _SELECT_ATTEMPTS = """
-SELECT a.tenant_id, a.intent_id, a.nas_id, a.session_id, a.state, a.event_timestamp
+SELECT a.tenant_id, a.intent_id, a.nas_id, a.session_id, a.state, a.event_timestamp,
+       a.xmin = pg_current_xact_id()::xid AS fresh
 FROM action_attempts a
 JOIN unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS x(t, i, n, s)
   ON a.tenant_id = x.t AND a.intent_id = x.i AND a.nas_id = x.n AND a.session_id = x.s
@@ -263,7 +271,7 @@ class _EnforcePartition(StatefulSinkPartition):
         self._session_queue: dict[tuple[str, str, str], collections.deque] = {}
         self.stats: Counter = Counter()
         self._latencies: list[float] = []
-        self._next_log = time.monotonic() + 30
+        self._next_log = time.monotonic() + 10
         self._conn = connect(sink.dsn)
         self._thread = threading.Thread(target=self._run, name=f"enforce-{name}", daemon=True)
         self._thread.start()
@@ -326,9 +334,15 @@ class _EnforcePartition(StatefulSinkPartition):
                 self._busy = bool(intake)
             try:
                 if answers:
+                    t = time.perf_counter()
                     self._with_reconnect(self._record_answers, answers)
+                    self.stats["answer_batches"] += 1
+                    self.stats["answers_ms"] += int((time.perf_counter() - t) * 1000)
                 if intake:
+                    t = time.perf_counter()
                     self._with_reconnect(self._take, intake)
+                    self.stats["intake_batches"] += 1
+                    self.stats["intake_ms"] += int((time.perf_counter() - t) * 1000)
                 self._maybe_log()
             except BaseException as exc:  # noqa: BLE001 - surfaced to the flow thread
                 log.exception("enforcement sink partition %s failed", self._name)
@@ -438,6 +452,8 @@ class _EnforcePartition(StatefulSinkPartition):
     def _record_intents(self, records: list[ActionRecord], sends: list[_Send]) -> None:
         now = int(time.time())
         touched: set[tuple[str, str]] = set()
+        expected: dict[tuple[str, str], int] = {}  # intent -> attempts its record announced
+        new: Counter = Counter()  # intent -> attempts first recorded in this transaction
         with self._conn.transaction():
             cur = self._conn.cursor()
             if records:
@@ -446,26 +462,35 @@ class _EnforcePartition(StatefulSinkPartition):
                     a = r.action
                     refused = self._refused.pop((a.tenant_id, a.intent_id), 0)
                     st = _initial_state(r, refused)
+                    expected[(a.tenant_id, a.intent_id)] = r.dispatched - refused
                     rows.append((a.tenant_id, a.intent_id, a.username, a.kind, a.rate, a.source,
                                  a.reason + (f" ({r.note})" if r.note else ""),
-                                 a.threshold_pct, a.cycle_start, a.requested_by, a.at, st, st))
-                    touched.add((a.tenant_id, a.intent_id))
-                cur.executemany(_INSERT_ACTION, rows)
-                states = [(r.action.tenant_id, r.action.username, e.state, e.rate, e.reason,
-                           e.source, e.intent_id, e.since, e.until)
-                          for r in records if (e := r.enforced) is not None]
+                                 a.threshold_pct, a.cycle_start, a.requested_by, a.at, st))
+                cur.execute(_INSERT_ACTIONS, [list(c) for c in zip(*rows)])
+                states = {(r.action.tenant_id, r.action.username): (
+                    r.action.tenant_id, r.action.username, e.state, e.rate, e.reason, e.source,
+                    e.intent_id, e.since, e.until)
+                    for r in records if (e := r.enforced) is not None}
                 if states:
-                    cur.executemany(_UPSERT_STATE, states)
+                    cur.execute(_UPSERT_STATES, [list(c) for c in zip(*states.values())])
             stored: dict[tuple, tuple[str, int]] = {}
             if sends:
-                cols = list(zip(*((s.dispatch.tenant_id, s.dispatch.intent_id,
-                                   s.dispatch.nas_id, s.dispatch.session_id, s.request, now)
-                                  for s in sends)))
+                keys = {s.dispatch.attempt_key for s in sends}
+                cols = list(zip(*((*key, req, now) for key, req in
+                                  {s.dispatch.attempt_key: s.request for s in sends}.items())))
                 cur.execute(_INSERT_ATTEMPTS, [list(c) for c in cols])
-                cur.execute(_SELECT_ATTEMPTS, [list(c) for c in cols[:4]])
-                for t, i, n, s, state, ts in cur.fetchall():
-                    stored[(t, i, n, s)] = (state, ts)
-                touched.update((s.dispatch.tenant_id, s.dispatch.intent_id) for s in sends)
+                if cur.rowcount != len(keys):
+                    # some were recorded before (a replay, a restart): read their state
+                    cur.execute(_SELECT_ATTEMPTS, [list(c) for c in cols[:4]])
+                    for t, i, n, sid, state, ts, fresh in cur.fetchall():
+                        if not fresh:
+                            stored[(t, i, n, sid)] = (state, ts)
+                new.update(key[:2] for key in keys if key not in stored)
+                touched.update(key[:2] for key in keys
+                               if key[:2] not in expected or key in stored)
+            # An action whose record and every attempt were written just now is 'pending'
+            # as inserted (or final without attempts); any other needs its state recomputed.
+            touched.update(i for i, n in expected.items() if n and new[i] != n)
             if touched:
                 t_ids, i_ids = zip(*touched)
                 cur.execute(_RECOMPUTE_ACTIONS, (list(t_ids), list(i_ids)))
@@ -574,7 +599,7 @@ class _EnforcePartition(StatefulSinkPartition):
     def _maybe_log(self) -> None:
         if time.monotonic() < self._next_log:
             return
-        self._next_log = time.monotonic() + 30
+        self._next_log = time.monotonic() + 10
         lat = sorted(self._latencies)
         self._latencies = []
         p = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan"))

@@ -297,6 +297,9 @@ class CoaClient:
     def __post_init__(self) -> None:
         self._dests: dict[tuple[str, int], _Destination] = {}
         self._opening: dict[tuple[str, int], asyncio.Future] = {}
+        self._queues: dict[tuple[str, int], collections.deque] = {}
+        self._workers: collections.Counter = collections.Counter()
+        self._tasks: set[asyncio.Task] = set()
 
     async def _destination(self, host: str, port: int) -> _Destination:
         key = (host, port)
@@ -328,7 +331,9 @@ class CoaClient:
         """Send one request (``"coa"`` or ``"disconnect"``; ``attributes`` encoded, with
         any Event-Timestamp) and retransmit the same packet until answered or given up."""
         code = REQUEST_CODES[request]
-        dest = await self._destination(target.host, target.port)
+        dest = self._dests.get((target.host, target.port))
+        if dest is None:
+            dest = await self._destination(target.host, target.port)
         loop = asyncio.get_running_loop()
         async with dest.sem:
             ident = dest.free_ids.popleft()
@@ -364,6 +369,40 @@ class CoaClient:
                 dest.pending.pop(ident, None)
                 dest.free_ids.append(ident)  # reused last: late answers cannot match
 
+    def enqueue(self, jobs: Iterable[tuple[object, Target, str, bytes,
+                                           Callable[[object, Result | BaseException], None]]]
+                ) -> None:
+        """Queue ``(token, target, request, attributes, on_done)`` jobs (on the loop's
+        thread). Each destination's queue is drained by at most ``max_inflight_per_nas``
+        worker tasks, in order; ``on_done(token, result_or_exception)`` reports each."""
+        loop = asyncio.get_running_loop()
+        for job in jobs:
+            key = (job[1].host, job[1].port)
+            queue = self._queues.get(key)
+            if queue is None:
+                queue = self._queues[key] = collections.deque()
+            queue.append(job)
+            if self._workers[key] < min(self.max_inflight_per_nas, len(queue)):
+                self._workers[key] += 1
+                task = loop.create_task(self._drain(key, queue))
+                self._tasks.add(task)  # a strong reference until it finishes
+                task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self, key: tuple[str, int], queue: collections.deque) -> None:
+        try:
+            while queue:
+                token, target, request, attributes, on_done = queue.popleft()
+                try:
+                    res: Result | BaseException = await self.request(target, request,
+                                                                     attributes)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - reported to the caller
+                    res = exc
+                on_done(token, res)
+        finally:
+            self._workers[key] -= 1
+
     def close(self) -> None:
         for dest in self._dests.values():
             if dest.transport is not None:
@@ -382,7 +421,6 @@ class CoaClientThread:
     def __init__(self, client: CoaClient | None = None) -> None:
         self.client = client or CoaClient()
         self._loop = asyncio.new_event_loop()
-        self._tasks: set[asyncio.Task] = set()
         self._thread = threading.Thread(target=self._loop.run_forever, name="coa-client",
                                         daemon=True)
         self._thread.start()
@@ -393,21 +431,8 @@ class CoaClientThread:
 
     def submit_many(self, jobs: list[tuple[object, Target, str, bytes]],
                     on_done: Callable[[object, Result | BaseException], None]) -> None:
-        async def one(token, target, request, attributes):
-            try:
-                res = await self.client.request(target, request, attributes)
-            except Exception as exc:  # noqa: BLE001 - reported to the caller
-                on_done(token, exc)
-            else:
-                on_done(token, res)
-
-        def schedule():
-            for job in jobs:
-                task = self._loop.create_task(one(*job))
-                self._tasks.add(task)  # a strong reference until it finishes
-                task.add_done_callback(self._tasks.discard)
-
-        self._loop.call_soon_threadsafe(schedule)
+        self._loop.call_soon_threadsafe(self.client.enqueue,
+                                        [(*job, on_done) for job in jobs])
 
     def close(self) -> None:
         if self._loop.is_closed():

@@ -174,19 +174,38 @@ class FreeRadiusNas:
         (self.dir / "radiusd.conf").write_text(
             _CONF.format(dir=self.dir, secret=self.secret, listens=listens))
         self._out = open(self.dir / "stdout.log", "ab")
-        self.proc = subprocess.Popen([self.binary, "-f", "-l", "stdout", "-d", str(self.dir)],
-                                     stdout=self._out, stderr=subprocess.STDOUT)
-        wait_until(lambda: self._ready(), timeout, "FreeRADIUS to listen for CoA")
+        self._stopping = threading.Event()
+        self.restarts = 0
+        self._spawn(timeout)
+        # The machine is shared: should something outside the test end the process,
+        # start it again on the same ports (the request log is appended to).
+        self._watchdog = threading.Thread(target=self._watch, daemon=True)
+        self._watchdog.start()
         return self
 
-    def _ready(self) -> bool:
+    def _spawn(self, timeout: float = 30) -> None:
+        readies = self.output().count("Ready to process requests")
+        self.proc = subprocess.Popen([self.binary, "-f", "-l", "stdout", "-d", str(self.dir)],
+                                     stdout=self._out, stderr=subprocess.STDOUT)
+        wait_until(lambda: self._ready(readies), timeout, "FreeRADIUS to listen for CoA")
+
+    def _ready(self, readies: int) -> bool:
         if self.proc.poll() is not None:
             raise AssertionError(f"FreeRADIUS exited: {self.output()[-2000:]}")
-        return "Ready to process requests" in self.output()
+        return self.output().count("Ready to process requests") > readies
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.2):
+            if self.proc.poll() is not None and not self._stopping.is_set():
+                self.restarts += 1
+                try:
+                    self._spawn()
+                except AssertionError:
+                    pass  # retried on the next round
 
     def output(self) -> str:
-        self._out.flush()
-        return (self.dir / "stdout.log").read_text(errors="replace")
+        path = self.dir / "stdout.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def requests(self) -> list[SeenRequest]:
         path = self.dir / "log" / "requests.log"
@@ -195,6 +214,9 @@ class FreeRadiusNas:
         return [_parse_line(line) for line in path.read_text().splitlines() if line]
 
     def stop(self) -> None:
+        if self.proc is not None:
+            self._stopping.set()
+            self._watchdog.join(5)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:

@@ -90,10 +90,23 @@ class Env:
         self.procs: list[Proc] = []
         self.t0 = int(time.time()) - 60
 
-    def start(self, name: str = "enforce") -> Proc:
+    def start(self, name: str = "enforce", ready: bool = True) -> Proc:
+        """Start the flow; with ``ready``, return once it consumes (a probe is recorded).
+
+        Topics are read in parallel, so an action can overtake accounting produced just
+        before it; the tests start the flow first and give accounting a moment.
+        """
         p = Proc(name, ["flow", "enforce"], self.env, self.tmp)
         self.procs.append(p)
+        if ready:
+            probe = f"probe-{name}"
+            self.produce(self.action("notify", probe, user="probe"))
+            wait_until(lambda: self.action_state(probe) == "done", 60, "the flow to consume")
         return p
+
+    def settle(self) -> None:
+        """Let the running flow read what was just produced (it reads in well under 1 s)."""
+        time.sleep(2)
 
     def produce(self, *events) -> None:
         for ev in events:
@@ -173,13 +186,12 @@ def enforce_env(pg_dsn, broker, topic_prefix, tmp_path, coa_nas, silent_port):
 
 def test_throttle_reaches_every_session_and_new_sessions_are_reconciled(enforce_env):
     e = enforce_env
-    flow = e.start()
+    e.start()
     e.produce(e.acct("Start", "s1", framed_ip="100.64.0.1"),
               e.acct("Start", "s2", nas="bng-2", ip="127.0.0.2"),
               e.acct("Start", "s3", user="bob"))
     # the action travels on another topic: give the sessions a head start
-    wait_until(lambda: flow.alive() and "enforce" in flow.log(), 30, "the flow to start")
-    time.sleep(1)
+    e.settle()
     e.produce(e.action("throttle", "t-1"))
     rows = e.wait_final(2, "t-1")
     assert [(r[1], r[2], r[3], r[4], r[6]) for r in rows] == [
@@ -233,7 +245,7 @@ def test_nak_503_closes_the_session_and_silence_is_a_recorded_timeout(enforce_en
     e.produce(e.acct("Start", "gone", user="carol", nas="bng-3", ip="127.0.0.3"),
               e.acct("Start", "down", user="carol", nas="bng-4", ip="127.0.0.4"),
               e.acct("Start", "live", user="carol", nas="bng-1", ip="127.0.0.1"))
-    time.sleep(3)
+    e.settle()
     e.produce(e.action("suspend", "s-1", user="carol"))
     rows = e.wait_final(3, "s-1", timeout=60)
     by_session = {r[2]: r for r in rows}
@@ -266,7 +278,7 @@ def test_actions_only_reach_the_subscribers_own_tenant(enforce_env):
               e.acct("Start", "x2", user="mallory", tenant="beta", nas="beta-bng",
                      ip="127.0.0.9"),
               e.acct("Start", "x3", user="alice", tenant="acme", nas="bng-1", ip="127.0.0.9"))
-    time.sleep(3)
+    e.settle()
     e.produce(e.action("disconnect", "m-1", user="mallory", tenant="beta"),
               e.action("disconnect", "a-1", user="alice", tenant="acme"))
     rows = e.wait_final(1, "m-1")
@@ -290,7 +302,7 @@ def test_accounting_on_closes_the_nas_sessions(enforce_env):
               AcctEvent(tenant_id="acme", nas_id="bng-1", nas_ip="127.0.0.1",
                         status="Accounting-On", session_id="0", received_at=t,
                         event_timestamp=t))
-    time.sleep(3)
+    e.settle()
     e.produce(e.action("throttle", "t-b", user="bob"))
     rows = e.wait_final(1, "t-b")
     assert [(r[1], r[2], r[4]) for r in rows] == [("bng-2", "b2", "ack")]
@@ -302,7 +314,7 @@ def test_a_cycle_bound_throttle_lifts_at_the_cycle_end(enforce_env):
         conn.execute("UPDATE plans SET rate_limit = '100M/100M' WHERE id = 'fiber'")
     e.start()
     e.produce(e.acct("Start", "c1", user="bob"))
-    time.sleep(3)
+    e.settle()
     # a quota throttle of a cycle that is already over (the flow was behind): it is
     # applied, then lifted by the cycle's end, restoring the plan's rate
     e.produce(e.action("throttle", "q-1", user="bob", source="quota", threshold_pct=100,
@@ -362,7 +374,7 @@ def test_restart_mid_way_never_resends_a_completed_action(enforce_env):
         e.produce(*[e.acct("Start", f"k{i}", user=u, nas="bng-5", ip="127.0.0.5")
                     for i, u in enumerate(users)])
         flow = e.start()
-        time.sleep(4)
+        e.settle()
         e.produce(*[e.action("throttle", f"i-{u}", user=u) for u in users])
 
         def acked():

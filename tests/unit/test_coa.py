@@ -289,3 +289,44 @@ def test_thread_wrapper_submit_many_reports_every_job():
         sock.close()
     finally:
         thread.close()
+
+
+def test_enqueued_jobs_are_drained_per_nas_within_the_limit_in_order():
+    async def main():
+        nas = FakeNas("ack", delay=0.01)
+        transport, port = await _serve(nas)
+        client = CoaClient(timeout_s=2, max_inflight_per_nas=5)
+        target = Target("127.0.0.1", port, SECRET)
+        done: list = []
+        finished = asyncio.Event()
+
+        def on_done(token, res):
+            done.append((token, res.outcome))
+            if len(done) == 200:
+                finished.set()
+
+        client.enqueue([(i, target, "coa", ENC.encode("Acct-Session-Id", f"s{i}"), on_done)
+                        for i in range(200)])
+        await asyncio.wait_for(finished.wait(), 20)
+        client.close()
+        transport.close()
+        return done, nas
+
+    done, nas = asyncio.run(main())
+    assert sorted(t for t, _ in done) == list(range(200))
+    assert all(o == "ack" for _, o in done)
+    assert nas.max_inflight <= 5
+    # started in queue order: the NAS saw the sessions in the order they were queued
+    # (at most 5 apart, the ones in flight together)
+    order = [int(_session_of(p)[1:]) for p in nas.seen]
+    assert all(abs(a - i) < 5 for i, a in enumerate(order))
+
+
+def _session_of(packet: bytes) -> str:
+    i = 20
+    while i < len(packet):
+        t, n = packet[i], packet[i + 1]
+        if t == 44:
+            return packet[i + 2:i + n].decode()
+        i += n
+    return ""

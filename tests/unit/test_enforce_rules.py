@@ -144,11 +144,16 @@ TABLE = [
      [[], [], [], [("send", "throttle", "bng-2", "s2", "i1", "2M/2M"),
                    ("record", "i1", 1, "throttled")]],
      "throttled"),
-    ("sessions silent for 2.5 interim intervals are stale",
-     [acct("Start", "old", t=T0, interim_interval=60), acct("Start", "new", t=T0 + 100),
+    ("sessions silent for 2.5 interim intervals (accounting time) are stale",
+     [acct("Start", "old", t=T0, interim_interval=60), acct("Start", "new", t=T0 + 200),
       action("throttle", "i1", t=T0 + 200)],
      [[], [], [("send", "throttle", "bng-1", "new", "i1", "2M/2M"),
                ("record", "i1", 1, "throttled")]],
+     "throttled"),
+    ("an action long after the last accounting does not make sessions stale",
+     [acct("Start", "s1", t=T0, interim_interval=60), action("throttle", "i1", t=T0 + 9999)],
+     [[], [("send", "throttle", "bng-1", "s1", "i1", "2M/2M"),
+           ("record", "i1", 1, "throttled")]],
      "throttled"),
 ]
 
@@ -196,7 +201,7 @@ def test_snapshot_round_trip_keeps_sessions_state_and_seen_intents():
     assert again.enforced.state == "throttled" and list(again.sessions) == [("bng-1", "s1")]
     # the snapshot is a copy: later changes do not leak into it
     st.on_acct(acct("Start", "s2"))
-    assert len(snap[3]) == 1
+    assert len(snap[3]) == 1 and snap[5] == T0
 
 
 def test_stored_state_seeds_a_new_subscriber():
