@@ -405,6 +405,8 @@ class Measure:
             "bench_process_cpu_s": round(bench, 3),
             "radclient_cpu_s": round(radclient, 3),
             "other_cpu_s": round(max(0.0, busy - server - db - bench - radclient), 3),
+            "other_cores": round(max(0.0, busy - server - db - bench - radclient)
+                                 / (total / (os.cpu_count() or 1)), 2) if total else None,
             "machine_busy_fraction": round(busy / total, 3) if total else None,
             "loadavg_1m": [self.load0, self.load1],
             "udp_rcvbuf_errors": self.udp1.get("RcvbufErrors", 0)
@@ -493,6 +495,7 @@ def summarize(rows: list[dict], targets: list[str]) -> dict:
             "bench_process_cpu_s_median": median([r["bench_process_cpu_s"] for r in rs]),
             "radclient_cpu_s_median": median([r["radclient_cpu_s"] for r in rs]),
             "other_cpu_s_median": median([r["other_cpu_s"] for r in rs]),
+            "other_cores_median": median([r["other_cores"] for r in rs]),
             "lost_total": sum(r["lost"] for r in rs),
             "udp_rcvbuf_errors_total": sum(r["udp_rcvbuf_errors"] for r in rs),
         }
@@ -572,6 +575,12 @@ def print_summary(result: dict, path: Path | None) -> None:
                  if t == "ispstream" else "")
               + f"; radclient {d['radclient_cpu_s_median']:.2f} s, "
               f"other processes {d['other_cpu_s_median']:.2f} s")
+    noise = median([r["other_cores"] for r in result["runs"] if r.get("valid", True)])
+    if noise is not None:
+        print(f"machine noise: other processes used a median {noise:.2f} of "
+              f"{result['machine']['cpus']} cores during the timed runs"
+              + (" -- the figures are contended; compare ratios of the same round"
+                 if noise >= 0.2 else ""))
     if s["ratios"]:
         print("ratios (same round, then median):")
         for name, d in s["ratios"].items():
