@@ -208,6 +208,7 @@ async def run(settings: Settings, traps: bool = True) -> int:
         return 1
     producer = make_producer(settings)
     sink = KafkaSink(producer, settings)
+    poller = Poller(sink, settings.device_unreachable_after, settings.snmp_poll_jitter)
     receiver = None
     if traps:
         try:
@@ -215,8 +216,7 @@ async def run(settings: Settings, traps: bool = True) -> int:
         except (OSError, ValueError) as exc:
             log.error("cannot receive traps on udp %s: %s", settings.snmp_trap_addr, exc)
             return 1
-        receiver = TrapReceiver(sock, TrapMapper.load(), sink.trap)
-    poller = Poller(sink, settings.device_unreachable_after, settings.snmp_poll_jitter)
+        receiver = TrapReceiver(sock, TrapMapper.load(), sink.trap, if_names=poller.if_names)
     collector = Collector(settings, sink, poller, receiver)
     try:
         metrics = MetricsServer(_split_addr(settings.snmp_metrics_addr, "127.0.0.1"),

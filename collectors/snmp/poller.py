@@ -112,6 +112,7 @@ class DevicePoller:
         self.clock = clock
         self.max_repetitions = MAX_REPETITIONS
         self.polls = 0
+        self.if_names: dict[int, str] = {}  # as last polled (the trap receiver names PONs)
         loop = asyncio.get_running_loop()
         self.schedule = Schedule(device.interval_if_s, jitter, loop.time(), rng)
 
@@ -142,6 +143,7 @@ class DevicePoller:
             self._announce(change)
             return None
         self.stats["polls_ok"] += 1
+        self.if_names = {row.if_index: row.name for row in poll.interfaces if row.name}
         self.sink.ifstats(poll)
         change = self.reachability.success()
         if change is not None and change[1] == "recovered":
@@ -245,6 +247,11 @@ class Poller:
         task = self._tasks.pop(key, None)
         if task is not None:
             task.cancel()
+
+    def if_names(self, tenant_id: str, device_id: str) -> dict[int, str]:
+        """A device's interface names by ifIndex, as last polled (empty before)."""
+        poller = self.pollers.get((tenant_id, device_id))
+        return poller.if_names if poller is not None else {}
 
     @property
     def unreachable(self) -> int:

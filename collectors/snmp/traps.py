@@ -52,13 +52,22 @@ def _under(oid: str, prefix: str) -> bool:
 
 @dataclass(frozen=True)
 class Extract:
-    """Where one field is found: a varbind's value, or a part of its instance index."""
+    """Where one field is found: a varbind's value, or a part of its instance index;
+    ``lookup: ifName`` reads the result as an ifIndex and names it as the device does."""
 
     oid: str
     from_index: bool
     part: int | None = None
+    lookup: str | None = None
 
-    def find(self, varbinds: list[tuple[str, Any]]) -> str | None:
+    def find(self, varbinds: list[tuple[str, Any]],
+             if_names: dict[int, str] | None = None) -> str | None:
+        found = self._find(varbinds)
+        if found is not None and self.lookup == "ifName" and if_names and found.isdigit():
+            return if_names.get(int(found), found)
+        return found
+
+    def _find(self, varbinds: list[tuple[str, Any]]) -> str | None:
         for oid, value in varbinds:
             if not oid.startswith(self.oid + "."):
                 continue
@@ -144,11 +153,16 @@ class TrapMapper:
                 spec = raw.get(name)
                 if spec is None:
                     extract[name] = None
-                elif "value_of" in spec:
-                    extract[name] = Extract(str(spec["value_of"]).strip("."), False)
-                elif "index_of" in spec:
-                    extract[name] = Extract(str(spec["index_of"]).strip("."), True,
-                                            spec.get("part"))
+                elif "value_of" in spec or "index_of" in spec:
+                    lookup = spec.get("lookup")
+                    if lookup not in (None, "ifName"):
+                        raise ValueError(f"{where}.{name}: lookup can only be ifName")
+                    if "value_of" in spec:
+                        extract[name] = Extract(str(spec["value_of"]).strip("."), False,
+                                                lookup=lookup)
+                    else:
+                        extract[name] = Extract(str(spec["index_of"]).strip("."), True,
+                                                spec.get("part"), lookup)
                 else:
                     raise ValueError(f"{where}.{name}: give value_of or index_of")
             text = raw.get("text")
@@ -161,8 +175,10 @@ class TrapMapper:
                 **extract))
         return cls(rules)
 
-    def map(self, trap_oid: str, varbinds: list[tuple[str, Any]]) -> Mapped:
-        """The kind and objects of a notification (``varbinds``: dotted OID, value)."""
+    def map(self, trap_oid: str, varbinds: list[tuple[str, Any]],
+            if_names: dict[int, str] | None = None) -> Mapped:
+        """The kind and objects of a notification (``varbinds``: dotted OID, value;
+        ``if_names``: the sending device's interface names by ifIndex, as last polled)."""
         texts = [value_text(v) for _, v in varbinds if isinstance(v, (bytes, str))]
         for rule in self.rules:
             if not rule.matches(trap_oid, texts):
@@ -173,8 +189,9 @@ class TrapMapper:
                 if found is not None and found.isdigit():
                     if_index = int(found)
             return Mapped(rule.kind, if_index,
-                          rule.pon.find(varbinds) if rule.pon else None,
-                          rule.onu_id.find(varbinds) if rule.onu_id else None, rule.name)
+                          rule.pon.find(varbinds, if_names) if rule.pon else None,
+                          rule.onu_id.find(varbinds, if_names) if rule.onu_id else None,
+                          rule.name)
         return Mapped("other")
 
 
@@ -208,7 +225,8 @@ class TrapReceiver:
 
     def __init__(self, sock: socket.socket, mapper: TrapMapper,
                  publish: Callable[[TrapEvent], None],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 if_names: Callable[[str, str], dict[int, str]] | None = None) -> None:
         from pysnmp.carrier.asyncio.dgram import udp, udp6
         from pysnmp.entity import config, engine
         from pysnmp.entity.rfc3413 import ntfrcv
@@ -217,6 +235,7 @@ class TrapReceiver:
         self.mapper = mapper
         self.publish = publish
         self.clock = clock
+        self.if_names = if_names or (lambda tenant_id, device_id: {})
         self.counts = dict.fromkeys(TRAP_RESULTS, 0)
         self.by_kind: dict[str, int] = {}
         self.engine = engine.SnmpEngine()
@@ -384,7 +403,7 @@ class TrapReceiver:
         plain = [(".".join(map(str, name)), _plain(value)) for name, value in varbinds]
         trap_oid = next((str(v) for o, v in plain if o == SNMP_TRAP_OID), "")
         rest = [(o, v) for o, v in plain if o not in (SNMP_TRAP_OID, SYS_UPTIME_0)]
-        mapped = self.mapper.map(trap_oid, rest)
+        mapped = self.mapper.map(trap_oid, rest, self.if_names(device.tenant_id, device.id))
         return TrapEvent(tenant_id=device.tenant_id, device_id=device.id, source_ip=source,
                          received_at=self.clock(), snmp_version=version, trap_oid=trap_oid,
                          kind=mapped.kind, if_index=mapped.if_index, pon=mapped.pon,

@@ -35,6 +35,11 @@ def test_huawei_ont_alarms_by_text_with_pon_and_ont_from_the_index():
                    [(f"{xpon}.4194316032.7", b"HWTC1A2B3C4D"),
                     ("1.3.6.1.4.1.2011.2.15.1.7.1.3.0", b"The ONT dying gasp alarm occurs")])
     assert (m.kind, m.pon, m.onu_id) == ("onu_dying_gasp", "4194316032", "7")
+    # the PON is named as the ONU poller names it once the OLT's interfaces were polled
+    m = MAPPER.map("1.3.6.1.4.1.2011.6.128.1.1.2.0.99",
+                   [(f"{xpon}.4194316032.7", b"The ONT dying gasp alarm occurs")],
+                   if_names={4194316032: "GPON 0/1/15", 1: "ethernet0/9/0"})
+    assert (m.kind, m.pon, m.onu_id) == ("onu_dying_gasp", "GPON 0/1/15", "7")
     m = MAPPER.map("1.3.6.1.4.1.2011.6.128.1.1.2.0.98",
                    [(f"{xpon}.4194316032.7", b"ONT LOSi alarm")])
     assert (m.kind, m.pon, m.onu_id) == ("onu_los", "4194316032", "7")
@@ -86,6 +91,7 @@ def test_rule_language():
     [{"oid": "1.2.3", "kind": "explosion"}],
     [{"kind": "onu_los"}],
     [{"oid": "1.2.3", "kind": "onu_los", "pon": {"column": "1.2"}}],
+    [{"oid": "1.2.3", "kind": "onu_los", "pon": {"value_of": "1.2", "lookup": "ifDescr"}}],
 ])
 def test_bad_rules_are_refused(rules):
     with pytest.raises(ValueError):
