@@ -1,0 +1,1 @@
+"""ONU optics of OLTs (``ispstream collect onu``): SNMP table walks so far."""
