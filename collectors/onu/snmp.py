@@ -299,7 +299,21 @@ class Session:
         groups = max(1, min(self.target.max_inflight, len(columns)))
         chunks = [columns[i::groups] for i in range(groups)]
         results: dict[OID, list[Row]] = {c: [] for c in columns}
-        await asyncio.gather(*(self._walk_group(chunk, results, budget) for chunk in chunks))
+        if len(chunks) == 1:
+            await self._walk_group(chunks[0], results, budget)
+            return results
+        tasks = [asyncio.ensure_future(self._walk_group(chunk, results, budget))
+                 for chunk in chunks]
+        try:
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:   # the first failure (or our cancellation) ends the other walkers too
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()
         return results
 
     async def _walk_group(self, columns: list[OID], results: dict[OID, list[Row]],

@@ -124,3 +124,18 @@ def test_target_validation():
         Session(FakeClient(None), Target("192.0.2.1", version="3"))
     with pytest.raises(ValueError, match="version"):
         Session(FakeClient(None), Target("192.0.2.1", version="1", community="c"))
+
+
+def test_a_failing_walker_stops_the_others():
+    class OneDead(FakeAgent):
+        async def request(self, addr, community, oids, max_repetitions, timeout, retries):
+            if COLS[0] in oids or any(o[:len(COLS[0])] == COLS[0] for o in oids):
+                raise SnmpError("timeout", "no response")
+            return await super().request(addr, community, oids, max_repetitions, timeout,
+                                         retries)
+
+    agent = OneDead(table(500), delay=0.01)
+    with pytest.raises(SnmpError) as err:
+        walk(agent, max_inflight=2, budget=4)
+    assert err.value.kind == "timeout"
+    assert agent.requests < 20          # the healthy walker did not go on to the end
