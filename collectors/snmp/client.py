@@ -39,6 +39,7 @@ from collectors.snmp.walk import SnmpError, Varbinds
 log = logging.getLogger(__name__)
 
 _MAX_REQUEST_ID = 2**31 - 1
+NO_PRIVACY = "SNMPv3 privacy unavailable (no cryptography package)"
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -226,8 +227,15 @@ class V3Transport:
 
         names = [(self._rfc1902.ObjectName(_oid_tuple(o)), self._null) for o in oids]
         self.stats["requests"] += 1
-        self._gen.send_varbinds(self.engine, target, None, b"", non_repeaters,
-                                max_repetitions, names, done, None)
+        try:
+            self._gen.send_varbinds(self.engine, target, None, b"", non_repeaters,
+                                    max_repetitions, names, done, None)
+        except Exception as exc:  # pysnmp raises some errors while sending
+            indication = getattr(exc, "get", lambda key: None)("errorIndication")
+            self.stats["errors"] += 1
+            if type(indication).__name__ == "EncryptionError":
+                raise SnmpError(NO_PRIVACY) from None
+            raise SnmpError(f"snmp error: {type(indication or exc).__name__}") from None
         error_indication, error_status, error_index, varbinds = await future
         if error_indication:
             kind = type(error_indication).__name__
@@ -238,6 +246,8 @@ class V3Transport:
                 self.stats["auth_failures"] += 1
                 raise SnmpError("authentication failure")
             self.stats["errors"] += 1
+            if kind == "EncryptionError":
+                raise SnmpError(NO_PRIVACY)
             raise SnmpError(f"snmp error: {kind}")
         plain = self._plain
         return (int(error_status), int(error_index),

@@ -132,10 +132,14 @@ class DevicePoller:
         self.polls += 1
         try:
             poll = await self.poll()
-        except SnmpError as exc:
+        except (SnmpError, Exception) as exc:
             self.stats["polls_failed"] += 1
-            reason = exc.reason
-            log.debug("%s: poll failed: %s", d.key, reason)
+            if isinstance(exc, SnmpError):
+                reason = exc.reason
+                log.debug("%s: poll failed: %s", d.key, reason)
+            else:  # a bug or an agent's oddity: this device's poll fails, nothing else
+                reason = "internal error"
+                log.exception("%s: poll failed", d.key)
             change = self.reachability.failure(reason)
             if change is not None:
                 log.warning("%s (%s:%d) unreachable after %d failed polls: %s", d.key,

@@ -113,3 +113,18 @@ def test_polls_and_reachability_changes():
         assert all(s.tenant_id == "acme" and s.device_id == "r1" for s in sink.statuses)
 
     asyncio.run(scenario())
+
+
+def test_an_unexpected_error_fails_the_poll_not_the_poller():
+    class Broken(FakeSession):
+        async def bulk(self, oids, non_repeaters, max_repetitions):
+            raise RuntimeError("a bug")
+
+    async def scenario():
+        sink = ListSink()
+        poller = make_poller(Broken(), sink)
+        assert await poller.poll_and_report() is None
+        assert await poller.poll_and_report() is None
+        assert [(s.reachable, s.reason) for s in sink.statuses] == [(False, "internal error")]
+
+    asyncio.run(scenario())
