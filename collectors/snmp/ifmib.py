@@ -56,7 +56,7 @@ IFX_TABLE_COLUMNS = (
 )
 COLUMN_GROUPS = (IF_TABLE_COLUMNS, IFX_TABLE_COLUMNS)
 
-_MAX_IF_INDEX = 2**31 - 1
+_MAX_IF_INDEX = 2**32 - 1  # InterfaceIndex stops at 2^31 - 1; Huawei OLTs go past it
 
 
 def if_index(oid: bytes, column: bytes) -> int | None:

@@ -4,8 +4,8 @@ silent UDP port, and net-snmp's snmptrap / snmpinform as senders.
 - ``snmpd`` (fixture): snmpd on a free private port of 127.0.0.1 and 127.0.0.2, with a
   v2c community and a v3 authPriv user (SHA/AES); it serves the test host's own IF-MIB.
 - ``snmpsim`` (fixture): ``snmpsim-command-responder`` from the venv serving every
-  recording in ``tests/data/snmprec/routers`` (community = file name without
-  ``.snmprec``) on a free port of 127.0.1.1, 127.0.1.2 and 127.0.1.3.
+  recording in ``tests/data/snmprec/ifmib`` (routers and OLTs; community = file name
+  without ``.snmprec``) on a free port of 127.0.1.1, 127.0.1.2 and 127.0.1.3.
 - ``SilentPort``: a bound UDP port that counts datagrams and never answers (a device
   that is down, without ICMP errors).
 - ``send_trap``: ``snmptrap`` (or ``snmpinform``) from a chosen source address.
@@ -29,7 +29,7 @@ import pytest
 
 from conftest import missing_service
 
-ROUTERS = Path(__file__).resolve().parent.parent / "data" / "snmprec" / "routers"
+RECORDINGS = Path(__file__).resolve().parent.parent / "data" / "snmprec" / "ifmib"
 SNMPD_COMMUNITY = "host-community"
 V3_USER = "monitor"
 V3_AUTH_KEY = "auth-pass-123"
@@ -143,25 +143,25 @@ class Snmpsim:
 
 @pytest.fixture
 def snmpsim(tmp_path):
-    """snmpsim serving the router recordings on 127.0.1.1-3 (one free port)."""
+    """snmpsim serving the recordings on 127.0.1.1-3 (one free port)."""
     binary = program("snmpsim-command-responder")
     program("snmpget")
     home = tmp_path / "snmpsim"
     (home / "cache").mkdir(parents=True)
     port = free_udp_port("127.0.1.1")
     addresses = ("127.0.1.1", "127.0.1.2", "127.0.1.3")
-    communities = tuple(sorted(p.stem for p in ROUTERS.glob("*.snmprec")))
+    communities = tuple(sorted(p.stem for p in RECORDINGS.glob("*.snmprec")))
     log = home / "snmpsim.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [binary, f"--data-dir={ROUTERS}", f"--cache-dir={home / 'cache'}",
+            [binary, f"--data-dir={RECORDINGS}", f"--cache-dir={home / 'cache'}",
              *(f"--agent-udpv4-endpoint={a}:{port}" for a in addresses)],
             env={**os.environ, "SNMPSIM_ALLOW_ROOT": "true"}, stdout=out,
             stderr=subprocess.STDOUT)
     try:
         for address in addresses:
             wait_answering(address, port, communities[0], home, proc, log, 120)
-        yield Snmpsim(port, addresses, communities, ROUTERS)
+        yield Snmpsim(port, addresses, communities, RECORDINGS)
     finally:
         stop(proc)
 

@@ -1,6 +1,6 @@
-"""Poller CPU per OID against snmpsim serving the router recordings: 102 devices (34 per
-recording, over three addresses), each polled through the real poller (GETBULK walks,
-row assembly, IfStatsPoll JSON). The poller's own CPU (this process; snmpsim runs in its
+"""Poller CPU per OID against snmpsim serving the device recordings: 102 devices (the
+recordings in turn, over three addresses), each polled through the real poller (GETBULK
+walks, row assembly, IfStatsPoll JSON). The poller's own CPU (this process; snmpsim runs in its
 own) must stay at or above 15,000 OIDs per CPU-second.
 
 Run ``pytest tests/integration/test_snmp_perf.py -q -s`` to see the figures."""

@@ -50,11 +50,13 @@ def test_values_of_the_wrong_type_and_odd_indexes_are_left_out():
         (encode_oid(f"{column.oid}.3.1"), 5),  # two-part index: not an ifIndex
         (encode_oid(f"{column.oid}.0"), 5),  # ifIndex 0 does not exist
         (encode_oid(f"{column.oid}.2147483647"), 9),
+        (encode_oid(f"{column.oid}.4194316032"), 10),  # a Huawei PON port, past 2^31
+        (encode_oid(f"{column.oid}.4294967296"), 11),  # past 32 bits: not an ifIndex
     ]
     walked_ = [[] for _ in ifmib.IFX_TABLE_COLUMNS]
     walked_[1] = pairs
     ifmib.rows(ifmib.IFX_TABLE_COLUMNS, walked_, merged)
-    assert merged == {2147483647: {"in_octets": 9}}
+    assert merged == {2147483647: {"in_octets": 9}, 4194316032: {"in_octets": 10}}
 
 
 def test_if_index_decoding():
