@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 from typing import Any
 
 from collectors.snmp.ber import (
@@ -39,6 +40,7 @@ from collectors.snmp.walk import SnmpError, Varbinds
 log = logging.getLogger(__name__)
 
 _MAX_REQUEST_ID = 2**31 - 1
+RCVBUF_BYTES = 4 * 1024 * 1024
 NO_PRIVACY = "SNMPv3 privacy unavailable (no cryptography package)"
 
 
@@ -71,6 +73,11 @@ class V2cTransport:
             local = ("::", 0) if family == 6 else ("0.0.0.0", 0)
             transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self),
                                                                local_addr=local)
+            sock = transport.get_extra_info("socket")
+            try:  # hundreds of devices answering at once: room for their responses
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+            except OSError:
+                pass
             self._sockets[family] = transport
         return transport
 
