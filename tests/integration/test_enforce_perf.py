@@ -122,6 +122,7 @@ def test_enforce_throughput_and_latency_with_ten_nas(pg_dsn, broker, topic_prefi
 
         # 1. burst: exchanges per second
         cpu0 = _cpu_s(flow.popen.pid)
+        nas_cpu0 = _cpu_s(nas.proc.pid)
         idle0 = _machine_idle()
         t0 = time.monotonic()
         for u in users[:n]:
@@ -130,6 +131,7 @@ def test_enforce_throughput_and_latency_with_ten_nas(pg_dsn, broker, topic_prefi
         wait_until(lambda: count_final("b-") >= n, 300, "the burst", every=0.05)
         burst_s = time.monotonic() - t0
         burst_cpu = _cpu_s(flow.popen.pid) - cpu0
+        nas_cpu = _cpu_s(nas.proc.pid) - nas_cpu0
         idle1 = _machine_idle()
         busy = 1 - (idle1[0] - idle0[0]) / max(1, idle1[1] - idle0[1])
 
@@ -159,8 +161,8 @@ def test_enforce_throughput_and_latency_with_ten_nas(pg_dsn, broker, topic_prefi
     seen = len(nas.requests())
     print(f"\nenforce flow, {N_NAS} NAS: burst of {n} throttles in {burst_s:.2f}s = "
           f"{n / burst_s:.0f} exchanges/s ({burst_cpu / n * 1e6:.0f} µs of flow CPU each, flow process "
-          f"{burst_cpu / burst_s:.2f} cores, machine {busy:.0%} busy of {os.cpu_count()} "
-          f"cores); steady {rate:.0f}/s: action -> answer recorded "
+          f"{burst_cpu / burst_s:.2f} cores, FreeRADIUS {nas_cpu / burst_s:.2f} cores, machine "
+          f"{busy:.0%} busy of {os.cpu_count()} cores); steady {rate:.0f}/s: action -> answer recorded "
           f"p50 {_pct(lat, 0.5) * 1000:.0f} ms, p99 {_pct(lat, 0.99) * 1000:.0f} ms, "
           f"max {max(lat) * 1000:.0f} ms (to the intent recorded: p50 "
           f"{_pct(to_intent, 0.5) * 1000:.0f} ms); NAS saw {seen} requests; attempts {states}")
