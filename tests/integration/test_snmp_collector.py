@@ -309,3 +309,44 @@ def test_collect_snmp_end_to_end(tmp_path, pg_dsn, broker, topic_prefix, snmpd, 
     assert code == 0, log
     for secret in (snmpd.auth_key, snmpd.priv_key, snmpd.community, "olt-community"):
         assert secret not in log
+
+
+def collector_env(pg_dsn, broker, topic_prefix, trap_addr: str, metrics_port: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ISPSTREAM_")}
+    env.update({"ISPSTREAM_DATABASE_URL": pg_dsn,
+                "ISPSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap,
+                "ISPSTREAM_TOPIC_PREFIX": topic_prefix,
+                "ISPSTREAM_SNMP_TRAP_ADDR": trap_addr,
+                "ISPSTREAM_SNMP_METRICS_ADDR": f"127.0.0.1:{metrics_port}"})
+    return env
+
+
+def test_trap_port_in_use_fails_clearly_and_no_traps_does_not_bind(tmp_path, pg_dsn, broker,
+                                                                    topic_prefix):
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))
+    trap_addr = f"127.0.0.1:{busy.getsockname()[1]}"
+    try:
+        proc = Proc("collect-snmp-busy", ["collect", "snmp"],
+                    collector_env(pg_dsn, broker, topic_prefix, trap_addr, free_port()),
+                    tmp_path)
+        proc.popen.wait(90)
+        log = proc.log_path.read_text(errors="replace")
+        assert proc.popen.returncode == 1, log
+        assert f"cannot receive traps on udp {trap_addr}" in log
+        proc.stop()
+
+        metrics_port = free_port()
+        proc = Proc("collect-snmp-no-traps", ["collect", "snmp", "--no-traps"],
+                    collector_env(pg_dsn, broker, topic_prefix, trap_addr, metrics_port),
+                    tmp_path)
+        try:
+            m = wait_until(lambda: metrics(metrics_port) or not proc.alive(), 90,
+                           "the metrics endpoint")
+            assert proc.alive(), proc.log()
+            assert m["ispstream_snmp_devices"] == 0
+            assert not any(k.startswith("ispstream_snmp_traps") for k in m)
+        finally:
+            assert proc.stop(timeout=30) == 0
+    finally:
+        busy.close()
