@@ -150,6 +150,11 @@ def machine_info() -> dict:
         rv = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True, timeout=10)
         info["git_commit"] = rv.stdout.strip() or None
+        # uncommitted edits of tracked files: the figures are of the working tree
+        rv = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain",
+                             "--untracked-files=no"], capture_output=True, text=True,
+                            timeout=10)
+        info["git_modified"] = [ln[3:] for ln in rv.stdout.splitlines()][:30]
     except OSError:
         info["git_commit"] = None
     try:
