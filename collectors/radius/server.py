@@ -43,7 +43,7 @@ import time
 from confluent_kafka import KafkaError, Producer
 
 from collectors.radius import codec
-from collectors.radius.events import EventEncoder
+from collectors.radius.events import EventEncoder, timestamp
 from collectors.radius.inventory import Inventory, NasEntry
 from collectors.radius.metrics import MetricsServer, render_family
 from collectors.radius.spool import Spool, SpoolError
@@ -226,6 +226,7 @@ class Collector:
         decode = codec.decode_fields
         encode_event = self.events.encode
         now = time.time
+        stamp = timestamp(now())
         n = 0
         limit = SPOOL_RECV_BATCH if spooling else RECV_BATCH
         while n < limit:
@@ -234,7 +235,8 @@ class Collector:
             except (BlockingIOError, InterruptedError):
                 return
             n += 1
-            received_at = now()
+            if not n & 31:
+                stamp = timestamp(now())  # arrival time, to a read batch (< 1 ms)
             entry = by_ip.get(addr[0]) or lookup(addr[0])
             if entry is None:
                 counts["unknown_source"] += 1
@@ -304,7 +306,7 @@ class Collector:
                                                   proxy_states=proxy_states)
             p = Pending(key, addr, reply,
                         (entry.key_prefix + session_id).encode(),
-                        encode_event(entry.json_prefix, fields, received_at), reports)
+                        encode_event(entry.json_prefix, fields, stamp), reports)
             inflight[key] = p
             if spooling:
                 self._held.append(p)
