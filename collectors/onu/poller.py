@@ -150,6 +150,8 @@ class OltPoller:
     def configure(self, olt: Olt, profile: Profile) -> None:
         """Apply a (changed) row; the next poll uses it (ValueError: unusable row)."""
         session = self.client.session(olt.target())
+        if getattr(self, "profile", None) is not profile:
+            self.pon_memory: dict[str, str] = {}    # for profiles with remember_pon
         self.olt = olt
         self.profile = profile
         self.columns = profile.columns()
@@ -198,7 +200,7 @@ class OltPoller:
         at = time.time()
         stats = DecodeStats()
         try:
-            onus = decode(profile, walks, stats)
+            onus = decode(profile, walks, stats, self.pon_memory)
             message = OnuOpticalPoll(tenant_id=olt.tenant_id, olt_id=olt.olt_id,
                                      profile=profile.name, at=at, onus=onus)
         except Exception:  # noqa: BLE001 - a decoding bug must not stop the schedule

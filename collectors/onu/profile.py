@@ -24,6 +24,8 @@ surprise at the first poll. Format::
       serial: "{serial}"             # optional (None when missing)
       online: {field: run_status, online: [1], offline: [2]}   # raw values; else None
       skip: {field: admin, values: [2]}                        # rows not reported
+      remember_pon: false            # true: ONU ids are unique on the OLT; an ONU
+                                     #   reported without a PON keeps its last one
 
 Index parts: ``name`` (one sub-identifier), ``{name: ascii}`` (length-prefixed ASCII,
 e.g. ``12.85.66.78.84...`` = ``UBNT...``), ``{name: implied_ascii}`` (the rest of the
@@ -296,6 +298,7 @@ class Profile:
     online: StateRule | None
     skip: tuple[str, frozenset] | None
     raw_fields: frozenset = field(default_factory=frozenset)
+    remember_pon: bool = False
 
     def columns(self) -> list[OID]:
         """Every column OID a poll walks, in profile order."""
@@ -470,7 +473,7 @@ def parse_profile(name: str, doc: Any, origin: str = "") -> Profile:
             available |= table.provides()
             tables.append(table)
         reading = _require(doc.get("reading"), f"{where}: reading")
-        _unknown_keys(reading, {"pon", "onu_id", "serial", "online", "skip"},
+        _unknown_keys(reading, {"pon", "onu_id", "serial", "online", "skip", "remember_pon"},
                       f"{where}: reading")
         templates = {}
         for key in ("pon", "onu_id", "serial"):
@@ -501,9 +504,12 @@ def parse_profile(name: str, doc: Any, origin: str = "") -> Profile:
             raise ProfileError(f"{where}: the same column OID appears twice")
         raw_fields = frozenset(f for f in ((online.field if online else None),
                                            (skip[0] if skip else None)) if f)
+        remember_pon = reading.get("remember_pon", False)
+        if not isinstance(remember_pon, bool):
+            raise ProfileError(f"{where}: reading.remember_pon: true or false")
         return Profile(name, str(doc.get("description", "")), str(doc.get("source", "")),
                        tables, templates["pon"], templates["onu_id"], templates.get("serial"),
-                       online, skip, raw_fields)
+                       online, skip, raw_fields, remember_pon)
     except ProfileError:
         raise
     except (TypeError, AttributeError, KeyError) as exc:  # a shape we did not anticipate
@@ -616,9 +622,15 @@ def _state(rule: StateRule | None, row: dict) -> bool | None:
     return rule.otherwise
 
 
-def decode(profile: Profile, walks: dict[OID, list], stats: DecodeStats | None = None
-           ) -> list[OnuReading]:
-    """The ONUs in one poll's walks (``{column OID: [(suffix, raw value), ...]}``)."""
+def decode(profile: Profile, walks: dict[OID, list], stats: DecodeStats | None = None,
+           pon_memory: dict[str, str] | None = None) -> list[OnuReading]:
+    """The ONUs in one poll's walks (``{column OID: [(suffix, raw value), ...]}``).
+
+    ``pon_memory`` (one dict per OLT, kept by the caller between polls) serves profiles
+    with ``remember_pon``: their ONU ids are unique on the OLT (serials), and an ONU the
+    OLT reports without a PON (UFiber: offline ONUs have port 0) keeps the PON it was
+    last seen on, so its identity (PON, ONU id) does not change when it goes offline.
+    """
     stats = stats if stats is not None else DecodeStats()
     raw_fields = profile.raw_fields
     source, *joined = profile.tables
@@ -640,6 +652,8 @@ def decode(profile: Profile, walks: dict[OID, list], stats: DecodeStats | None =
                         row[f] = v
     out = []
     skip = profile.skip
+    remember = profile.remember_pon and pon_memory is not None
+    seen: set[str] = set()
     for row in rows.values():
         if skip is not None and row.get(skip[0] + "#raw") in skip[1]:
             stats.skipped_rows += 1
@@ -659,13 +673,24 @@ def decode(profile: Profile, walks: dict[OID, list], stats: DecodeStats | None =
                 v = round(float(v), DECIMALS[m])
             values[m] = v
         serial = profile.serial.render(row) if profile.serial else None
+        pon = profile.pon.render(row) or UNKNOWN
+        onu_id = profile.onu_id.render(row) or UNKNOWN
+        if remember:
+            seen.add(onu_id)
+            if pon != UNKNOWN:
+                pon_memory[onu_id] = pon
+            else:
+                pon = pon_memory.get(onu_id, UNKNOWN)
         out.append(OnuReading(
-            pon=profile.pon.render(row) or UNKNOWN,
-            onu_id=profile.onu_id.render(row) or UNKNOWN,
+            pon=pon,
+            onu_id=onu_id,
             serial=serial or None,
             online=online,
             **values,
         ))
+    if remember:
+        for gone in set(pon_memory) - seen:
+            del pon_memory[gone]
     stats.onus += len(out)
     return out
 

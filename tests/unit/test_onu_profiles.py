@@ -277,6 +277,7 @@ def test_a_minimal_profile_parses():
      r"valid: expected \[low, high\]"),
     (lambda d: d["tables"]["t"].update(index=[{"a": {"bits": {"s": [16]}}}]),
      r"expected \[shift, width\]"),
+    (lambda d: d["reading"].update(remember_pon="yes"), "remember_pon: true or false"),
 ])
 def test_bad_profiles_name_the_field(change, message):
     doc = yaml.safe_load(GOOD)
@@ -301,3 +302,30 @@ def test_bad_index_suffix_is_counted_not_fatal():
         "1.3.6.1.4.1.2011.6.128.1.1.2.46.1.15.4194316032.3|2|1",
     ], stats)
     assert [o.onu_id for o in onus] == ["3"] and stats.bad_index == 1
+
+
+def test_ufiber_onu_keeps_its_pon_when_it_goes_offline():
+    """UFiber reports port 0 for an offline ONU; the serial is unique on the OLT, so with
+    the poller's memory the ONU's (PON, ONU id) identity survives it going offline."""
+    base = "1.3.6.1.4.1.41112.1.5.6.2.1"
+    idx = "12.85.66.78.84.49.50.51.52.53.54.55.56"          # "UBNT12345678"
+    online = [f"{base}.3.{idx}|2|1", f"{base}.5.{idx}|2|3", f"{base}.9.{idx}|2|-2100"]
+    offline = [f"{base}.3.{idx}|2|2", f"{base}.5.{idx}|2|0", f"{base}.9.{idx}|2|0"]
+    memory: dict[str, str] = {}
+    assert [(o.pon, o.online) for o in decode_lines("ubiquiti-ufiber", offline, None)] == [
+        ("unknown", False)]
+    first = decode(PROFILES["ubiquiti-ufiber"],
+                   walks_for(PROFILES["ubiquiti-ufiber"], parse_snmprec(online)), None, memory)
+    later = decode(PROFILES["ubiquiti-ufiber"],
+                   walks_for(PROFILES["ubiquiti-ufiber"], parse_snmprec(offline)), None, memory)
+    assert [(o.pon, o.online) for o in first] == [("pon3", True)]
+    assert [(o.pon, o.onu_id, o.online, o.onu_rx_dbm) for o in later] == [
+        ("pon3", "UBNT12345678", False, None)]
+    decode(PROFILES["ubiquiti-ufiber"], {}, None, memory)      # the ONU was deleted
+    assert memory == {}
+
+
+def test_remember_pon_is_off_where_onu_ids_repeat_per_pon():
+    assert PROFILES["ubiquiti-ufiber"].remember_pon
+    assert not any(PROFILES[p].remember_pon for p in ("huawei-ma5800", "zte-c300",
+                                                      "vsol-v1600", "calix-axos"))
