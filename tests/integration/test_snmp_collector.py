@@ -11,7 +11,6 @@ import os
 import socket
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
