@@ -220,10 +220,10 @@ def dead_letter_message(d: DeadLetter) -> KafkaSinkMessage:
 # --- database --------------------------------------------------------------------------
 
 _STAGING = {
-    "_f_ifs": "tenant_id text, device_id text, if_index integer, ts float8, "
+    "_f_ifs": "tenant_id text, device_id text, if_index bigint, ts float8, "
               "oper_status smallint, in_bps float8, out_bps float8, in_util real, "
               "out_util real, discontinuity boolean",
-    "_f_ifstate": "tenant_id text, device_id text, if_index integer, name text, alias text, "
+    "_f_ifstate": "tenant_id text, device_id text, if_index bigint, name text, alias text, "
                   "oper_status smallint, admin_status smallint, high_speed_mbps integer, "
                   "last_change float8, updated_at float8",
     "_f_devstat": "tenant_id text, device_id text, reachable boolean, reason text, "

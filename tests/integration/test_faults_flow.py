@@ -331,3 +331,16 @@ def test_killed_and_restarted_flow_gives_the_same_alerts(faults):
     assert rows(dsn, "SELECT count(*) FROM alert_history WHERE alert_id = %s", low[5]) == \
         [(3,)]  # opened, suppressed by the PON alert, cleared
     assert proc.alive()
+
+
+def test_olt_ifindex_above_2_31_is_stored_exactly(faults):
+    """Huawei PON ports have ifIndex 0xFA000000 + ...: above a signed 32-bit integer."""
+    send, dsn, *_ = faults
+    t0 = float(int(time.time()) - 600)
+    pon = 0xFA000000 + 1 * 0x2000 + 15 * 0x100  # GPON 0/1/15 = 4194316032
+    for n in range(2):
+        send(topics.SNMP_IFSTATS, "acme/router-1", if_poll(t0 + 60 * n, 6000 * (n + 1), [
+            (pon, 1, 1_000_000 * n, 0)]))
+    wait_until(lambda: rows(dsn, "SELECT count(*) FROM if_samples WHERE if_index = %s",
+                            pon)[0][0] == 2, WAIT, "both samples of the PON port")
+    assert rows(dsn, "SELECT if_index FROM interfaces WHERE if_index = %s", pon) == [(pon,)]
