@@ -18,7 +18,7 @@ from portal_api.db import ConnectionPool, DatabaseUnavailable
 from portal_api.publisher import KafkaPublisher, PublishError, Publisher
 from portal_api.radius_replies import RadiusReplies
 from portal_api.routers import enforcement, health, radius, sessions, subscribers
-from portal_api.routers import stream, telemetry
+from portal_api.routers import alertmanager, stream, telemetry
 from portal_api.services import NotFound, QueryError
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] | None = Non
     app.include_router(radius.router)
     app.include_router(telemetry.router)
     app.include_router(stream.router)
+    app.include_router(alertmanager.router)
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
