@@ -133,8 +133,10 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     host, port = settings.api_bind
+    # Open alert streams (SSE) would hold a graceful shutdown for ever: give them 5 s,
+    # then close; clients reconnect with Last-Event-ID.
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
-                access_log=args.access_log)
+                access_log=args.access_log, timeout_graceful_shutdown=5)
     return 0
 
 
