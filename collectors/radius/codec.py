@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import operator
 import socket
 import struct
 from typing import Iterator
@@ -257,6 +258,124 @@ def decode_fields(data: bytes) -> tuple[dict, int | None, bool, int, list[bytes]
     if not identity and "nas_identifier" in fields:
         identity = True
     return fields, status_type, identity, ma_at, proxy
+
+
+class Decoder:
+    """``decode_fields`` with compiled layouts: the collector's decoder.
+
+    A NAS sends the same attributes in the same order with the same lengths again and
+    again (one subscriber's interims differ only in counter values). The second time
+    a header sequence is seen, a decoder is compiled for it: one ``struct`` unpack for
+    every value and a dict display, about 2.5 times fewer instructions than walking the
+    attributes. A packet uses a compiled layout only when every attribute header byte
+    and the length are identical to the packet it was learnt from, so it is exactly as
+    well-formed; everything else takes ``decode_fields``. Results are the same either
+    way (tests compare them).
+    """
+
+    MAX_LAYOUTS = 2048
+    CANDIDATES = 4  # layouts tried per key (length and the first two headers)
+
+    def __init__(self) -> None:
+        self._layouts: dict[tuple, list[tuple]] = {}
+        self._seen: set[tuple] = set()  # header sequences seen once
+        self._count = 0
+
+    def __call__(self, data: bytes) -> tuple[dict, int | None, bool, int,
+                                              list[bytes] | None]:
+        try:
+            j = HEADER_LEN + data[21]
+            key = (len(data), data[20], data[21], data[j], data[j + 1])
+        except IndexError:
+            return decode_fields(data)
+        for headers, expected, decode in self._layouts.get(key, ()):
+            if headers(data) == expected:
+                return decode(data)
+        result = decode_fields(data)
+        self._learn(data, key)
+        return result
+
+    def _learn(self, data: bytes, key: tuple) -> None:
+        attrs = []
+        i = HEADER_LEN
+        while i < len(data):
+            attrs.append((i, data[i], data[i + 1]))
+            i += data[i + 1]
+        signature = (len(data), *attrs)
+        if signature not in self._seen:
+            if len(self._seen) >= self.MAX_LAYOUTS:
+                self._seen.clear()
+            self._seen.add(signature)
+            return
+        self._seen.discard(signature)
+        if self._count >= self.MAX_LAYOUTS:
+            self._layouts.clear()
+            self._count = 0
+        candidates = self._layouts.setdefault(key, [])
+        candidates.insert(0, _compile_layout(attrs))
+        del candidates[self.CANDIDATES:]
+        self._count += 1
+
+
+def _compile_layout(attrs: list[tuple[int, int, int]]) -> tuple:
+    """``(headers, expected, decode)`` for packets with exactly these attribute headers
+    (offset, type, length), all of them valid (``decode_fields`` accepted them)."""
+    fmt, pos, count, values, post = [">"], 0, 0, [], []
+    taken: set[str] = set()
+    identity, ma_at, proxy = False, -1, []
+
+    def take(offset: int, code: str) -> str:
+        """The unpacked value at ``offset`` (attributes come in ascending order)."""
+        nonlocal pos, count
+        if offset > pos:
+            fmt.append(f"{offset - pos}x")
+        fmt.append(code)
+        pos = offset + struct.calcsize(">" + code)
+        count += 1
+        return f"u[{count - 1}]"
+
+    for offset, atype, alen in attrs:
+        value_at, size = offset + 2, alen - 2
+        name = _INT_FIELDS.get(atype) or _STR_FIELDS.get(atype)
+        if atype == FRAMED_IP_ADDRESS:
+            name = "framed_ip"
+        if atype in (NAS_IP_ADDRESS, NAS_IPV6_ADDRESS):
+            identity = True
+        elif atype == MESSAGE_AUTHENTICATOR and ma_at < 0:
+            ma_at = offset
+        elif atype == PROXY_STATE:
+            proxy.append(f"data[{value_at}:{value_at + size}]")
+        elif name is not None and name not in taken:
+            taken.add(name)
+            if atype in _INT_FIELDS:
+                ref = take(value_at, "I")
+                if name == "status":
+                    post.append(f"    status = {ref}\n    name = STATUS.get(status)\n"
+                                f"    if name is not None:\n        f['status'] = name")
+                elif name == "terminate_cause":
+                    values.append(f"'terminate_cause': CAUSES.get({ref}) or str({ref})")
+                else:
+                    values.append(f"'{name}': {ref}")
+            elif atype == FRAMED_IP_ADDRESS:
+                values.append(f"'framed_ip': ntoa({take(value_at, '4s')})")
+            else:
+                values.append(f"'{name}': {take(value_at, f'{size}s')}"
+                              f".decode('utf-8', 'backslashreplace')")
+    if "nas_identifier" in taken:
+        identity = True
+    lines = ["def decode(data):", "    u = unpack(data)" if count else "    u = ()",
+             "    f = {" + ", ".join(values) + "}"]
+    lines += post or ["    status = None"]
+    lines.append(f"    return f, status, {identity}, {ma_at}, "
+                 + (f"[{', '.join(proxy)}]" if proxy else "None"))
+    namespace = {"unpack": struct.Struct("".join(fmt)).unpack_from,
+                 "ntoa": socket.inet_ntoa, "STATUS": STATUS_NAMES,
+                 "CAUSES": TERMINATE_CAUSES}
+    exec("\n".join(lines), namespace)  # names and offsets only: nothing from a packet
+    positions = [p for offset, _, _ in attrs for p in (offset, offset + 1)]
+    expected = tuple(v for _, atype, alen in attrs for v in (atype, alen))
+    # at least two attributes: a packet with fewer never gets a key (see Decoder)
+    return operator.itemgetter(*positions), expected, namespace["decode"]
 
 
 def iter_attributes(data: bytes) -> Iterator[tuple[int, int, bytes]]:

@@ -10,7 +10,8 @@ One process, one UDP socket, one loop. Each loop iteration:
    or, while the spool is in use, keeps them for the spool;
 3. polls the producer: delivered records are ready to be answered; records Kafka could
    not take within ``kafka_delivery_timeout_ms`` go to the spool;
-4. appends to the spool and fsyncs once for the whole iteration (group commit);
+4. writes those to the spool; its syncer thread fsyncs everything written so far in one
+   fsync while the loop goes on (group commit);
 5. sends the Accounting-Responses of every record that is now durable;
 6. lets the drainer re-produce spooled records, in order, and advance the spool only
    past what Kafka confirmed.
@@ -21,8 +22,12 @@ identifier and authenticator) of a record still in flight is not produced again 
 answered when the record becomes durable; one answered in the last few seconds gets the
 same reply again.
 
-Ordering: while the spool holds records, new records go to the spool too, after every
-record still in flight at Kafka has settled, so one session's records stay in order.
+Ordering: while the spool is in use, new records go to the spool too, after every record
+still in flight at Kafka has settled, so one session's records stay in order. Records go
+to Kafka directly again once Kafka has taken spooled records and every spooled record has
+been handed to the producer, which keeps each partition in order. (A record whose
+delivery times out just as Kafka comes back can still land after a newer one of its
+session: consumers must tolerate reordering, as the accounting rules require anyway.)
 Delivery is at least once: a record that timed out may still have reached Kafka, and a
 crash between delivery and the spool commit re-delivers; consumers deduplicate by content.
 """
@@ -34,8 +39,8 @@ import hashlib
 import hmac
 import logging
 import os
-import signal
 import select
+import signal
 import socket
 import threading
 import time
@@ -132,6 +137,7 @@ class Collector:
         self.topic = topic
         self.spool = spool
         self.inventory = inventory
+        self.decode = codec.Decoder()
         self.events = EventEncoder()
         self.stopping = threading.Event()
 
@@ -180,27 +186,31 @@ class Collector:
         poller.register(sock_fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         producer_poll = self.producer.poll
-        try:
-            while not self.stopping.is_set():
-                if self._produced or self._drain:
-                    # Waiting for Kafka: wake for a delivery report or soon for datagrams.
-                    events = poller.poll(0)
-                    if not events:
-                        producer_poll(0.0005)
+        while not self.stopping.is_set():
+            if self._produced or self._drain:
+                # Waiting for Kafka: wake for a delivery report or soon for datagrams.
+                events = poller.poll(0)
+                if not events:
+                    producer_poll(0.0005)
+            else:
+                events = poller.poll(1 if self._held else 100)
+            for fd, _ in events:
+                if fd == sock_fd:
+                    self._receive()
                 else:
-                    events = poller.poll(1 if self._held else 100)
-                for fd, _ in events:
-                    if fd == sock_fd:
-                        self._receive()
-                    else:
-                        self._drain_wakeups()
-                self._settle()
-                self._housekeeping()
-            self._shutdown()
-        finally:
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self.spool.wakeup_fd = None
+                    self._drain_wakeups()
+            self._settle()
+            self._housekeeping()
+        self._shutdown()
+
+    def close(self) -> None:
+        """Release the loop's own resources (not the adapters it was given)."""
+        self.spool.wakeup_fd = None
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def _drain_wakeups(self) -> None:
         try:
@@ -223,7 +233,7 @@ class Collector:
         produce = self.producer.produce
         topic = self.topic
         spooling = self.spooling
-        decode = codec.decode_fields
+        decode = self.decode
         encode_event = self.events.encode
         now = time.time
         stamp = timestamp(now())
@@ -646,6 +656,7 @@ def main(settings: Settings) -> int:
     try:
         collector.run()
     finally:
+        collector.close()
         inventory.stop()
         metrics.stop()
         spool.close()

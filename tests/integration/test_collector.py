@@ -718,7 +718,7 @@ def test_nas_simulator_against_the_collector(start_collector, nas_dsn, broker, a
                        interim_s=0.3, duration_s=3.0, seed=5, rate_scale=200.0)
     stats = sim.run()
     assert stats.lost == 0 and stats.bad_replies == 0
-    assert stats.acked == stats.sent and stats.stops > 20  # churn, then a Stop each
+    assert stats.acked == stats.sent and stats.stops >= 20  # a Stop for every session
     records = consume(broker.bootstrap, acct_topic, expected=stats.acked)
     assert len(records) == stats.acked
     got = by_session(records)

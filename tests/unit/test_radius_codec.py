@@ -116,6 +116,64 @@ def test_differential_against_pyrad(radius_dict):
             AcctPacket(dict=radius_dict, packet=raw).message_authenticator is True)
 
 
+def test_compiled_layouts_decode_like_the_attribute_walk(radius_dict):
+    """The collector's Decoder (compiled layouts) returns what decode_fields returns."""
+    rng = random.Random(11)
+    decoder = codec.Decoder()
+    compiled = 0
+    for _ in range(300):
+        _, raw = random_request(radius_dict, rng)
+        expected = codec.decode_fields(raw)
+        for _ in range(3):  # seen, learnt, then decoded by the compiled layout
+            assert decoder(raw) == expected
+        key = (len(raw), raw[20], raw[21], raw[20 + raw[21]], raw[21 + raw[21]])
+        compiled += any(headers(raw) == expected_headers
+                        for headers, expected_headers, _ in decoder._layouts.get(key, ()))
+    assert compiled >= 290  # (a few may share a key and push each other out)
+
+
+def test_compiled_layouts_special_cases(radius_dict):
+    specials = [
+        [("Acct-Status-Type", "Failed"), ("Acct-Session-Id", "x"),
+         ("Acct-Terminate-Cause", 99)],
+        [("User-Name", "first"), ("User-Name", "second"), ("Acct-Session-Id", "x"),
+         ("Acct-Input-Octets", 1), ("Acct-Input-Octets", 2)],
+        [("Proxy-State", b"p1"), ("Acct-Status-Type", "Stop"), ("Proxy-State", b"p2")],
+        [("NAS-IPv6-Address", "2001:db8::1"), ("Acct-Session-Id", "x")],
+        [("NAS-Identifier", "n"), ("Framed-IP-Address", "192.0.2.1"),
+         ("Framed-IP-Address", "192.0.2.2")],
+        [("Class", b"c"), ("Mikrotik-Rate-Limit", "1M/1M")],
+    ]
+    for attrs in specials:
+        for with_ma in (False, True):
+            raw = build(radius_dict, attrs, message_authenticator=with_ma)
+            decoder = codec.Decoder()
+            expected = codec.decode_fields(raw)
+            assert [decoder(raw) for _ in range(3)] == [expected] * 3, attrs
+            assert decoder._count == 1
+
+
+def test_compiled_layouts_never_accept_other_headers(radius_dict):
+    rng = random.Random(12)
+    decoder = codec.Decoder()
+    for _ in range(100):
+        _, raw = random_request(radius_dict, rng)
+        decoder(raw)
+        decoder(raw)
+        for _ in range(20):  # same length and first headers, other bytes changed
+            mutated = bytearray(raw)
+            at = rng.randrange(20, len(raw))
+            mutated[at] = rng.randrange(256)
+            mutated = bytes(mutated)
+            try:
+                expected = codec.decode_fields(mutated)
+            except codec.MalformedPacket:
+                with pytest.raises(codec.MalformedPacket):
+                    decoder(mutated)
+            else:
+                assert decoder(mutated) == expected
+
+
 def test_generic_attributes_match_pyrad_including_vendor_ones(radius_dict):
     rng = random.Random(7)
     for _ in range(200):
