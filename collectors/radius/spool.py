@@ -22,6 +22,7 @@ that was never fsynced, so never acknowledged) is cut off at start.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import struct
@@ -55,6 +56,12 @@ class Spool:
                  wakeup_fd: int | None = None) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise SpoolError(f"the spool {self.dir} is in use by another process") from None
         self._segment_max = segment_max_bytes
         self._pos_path = self.dir / "drained"
         self.wakeup_fd = wakeup_fd
@@ -314,6 +321,7 @@ class Spool:
                 os.close(fd)
             except OSError:
                 pass
+        os.close(self._lock_fd)  # releases the lock
 
     # -- files ---------------------------------------------------------------------
 

@@ -609,8 +609,12 @@ def test_spool_is_crash_safe(tmp_path: Path):
     spool.commit(rest[-1][2], 7)
     assert spool.empty
     spool.reset()
+    with pytest.raises(SpoolError, match="in use"):
+        Spool(tmp_path)  # one process per spool
     spool.close()
-    assert Spool(tmp_path).empty
+    reopened = Spool(tmp_path)
+    assert reopened.empty
+    reopened.close()
 
     # damage before the newest segment is not silently skipped
     spool = Spool(tmp_path, segment_max_bytes=50)
