@@ -10,7 +10,12 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ["bench.collector"]
+BENCHES = [
+    "bench.collector",
+    "bench.snmp_poller",
+    "bench.detection_latency",
+    "bench.onu_scale",
+]
 
 
 def main() -> int:

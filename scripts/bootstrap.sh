@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql postgresql-contrib freeradius freeradius-utils freeradius-rest snmpd snmp snmptrapd)
+APT_PACKAGES=(postgresql postgresql-contrib freeradius freeradius-utils freeradius-rest snmpd snmp snmptrapd prometheus-snmp-exporter)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
