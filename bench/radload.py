@@ -3,9 +3,9 @@
 The load is deterministic (seeded): N sessions, each a Start, K Interim-Updates every
 ``interval`` seconds of event time with growing counters (octets wrap into gigawords for
 the heavy users), and a Stop. Session start times are spread uniformly over one session
-lifetime and all packets are ordered by event time, so the file holds a mix of Starts,
-Interims and Stops like a NAS in steady state would send, and consecutive packets of one
-session are thousands of packets apart at the default size: radclient's ``-p 128``
+lifetime and all packets are ordered by event time, so the load opens with mostly Starts,
+closes with mostly Stops and mixes all three in between, and consecutive packets of one
+session are ~1,000 or more packets apart at the default size: radclient's ``-p 128``
 window lets a server reorder packets only within ~128 of each other, so a session's
 Start, Interims and Stop are still processed in order (``min_session_gap`` checks it).
 
