@@ -81,7 +81,8 @@ modules {{
   }}
   linelog requests {{
     filename = {dir}/log/requests.log
-    format = "%{{Packet-Type}}|%{{Packet-Dst-IP-Address}}|%{{Packet-Dst-Port}}|%{{integer:Event-Timestamp}}|%{{pairs:request:}}"
+    format = "%{{Packet-Type}}|%{{Packet-Dst-IP-Address}}|%{{Packet-Dst-Port}}|\
+%{{integer:Event-Timestamp}}|%{{pairs:request:}}"
   }}
 }}
 server nas_ack {{

@@ -59,6 +59,21 @@ def _machine_idle() -> tuple[float, float]:
     return cpu[3] + cpu[4], sum(cpu)
 
 
+def _backends_cpu_s(dsn: str) -> float:
+    """CPU seconds of the flow's own PostgreSQL backends (same host) so far."""
+    with psycopg.connect(dsn) as conn:
+        pids = [r[0] for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = 'ispstream' AND pid <> pg_backend_pid()")]
+    total = 0.0
+    for pid in pids:
+        try:
+            total += _cpu_s(pid)
+        except OSError:
+            pass
+    return total
+
+
 def _pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
@@ -123,6 +138,7 @@ def test_enforce_throughput_and_latency_with_ten_nas(pg_dsn, broker, topic_prefi
         # 1. burst: exchanges per second
         cpu0 = _cpu_s(flow.popen.pid)
         nas_cpu0 = _cpu_s(nas.proc.pid)
+        pg_cpu0 = _backends_cpu_s(pg_dsn)
         idle0 = _machine_idle()
         t0 = time.monotonic()
         for u in users[:n]:
@@ -132,6 +148,7 @@ def test_enforce_throughput_and_latency_with_ten_nas(pg_dsn, broker, topic_prefi
         burst_s = time.monotonic() - t0
         burst_cpu = _cpu_s(flow.popen.pid) - cpu0
         nas_cpu = _cpu_s(nas.proc.pid) - nas_cpu0
+        pg_cpu = _backends_cpu_s(pg_dsn) - pg_cpu0
         idle1 = _machine_idle()
         busy = 1 - (idle1[0] - idle0[0]) / max(1, idle1[1] - idle0[1])
 
@@ -160,9 +177,10 @@ def test_enforce_throughput_and_latency_with_ten_nas(pg_dsn, broker, topic_prefi
         flow.stop()
     seen = len(nas.requests())
     print(f"\nenforce flow, {N_NAS} NAS: burst of {n} throttles in {burst_s:.2f}s = "
-          f"{n / burst_s:.0f} exchanges/s ({burst_cpu / n * 1e6:.0f} µs of flow CPU each, flow process "
-          f"{burst_cpu / burst_s:.2f} cores, FreeRADIUS {nas_cpu / burst_s:.2f} cores, machine "
-          f"{busy:.0%} busy of {os.cpu_count()} cores); steady {rate:.0f}/s: action -> answer recorded "
+          f"{n / burst_s:.0f} exchanges/s ({burst_cpu / n * 1e6:.0f} µs of flow CPU each; "
+          f"cores used: flow {burst_cpu / burst_s:.2f}, its PostgreSQL backends "
+          f"{pg_cpu / burst_s:.2f}, FreeRADIUS {nas_cpu / burst_s:.2f}; machine {busy:.0%} "
+          f"busy of {os.cpu_count()} cores); steady {rate:.0f}/s: action -> answer recorded "
           f"p50 {_pct(lat, 0.5) * 1000:.0f} ms, p99 {_pct(lat, 0.99) * 1000:.0f} ms, "
           f"max {max(lat) * 1000:.0f} ms (to the intent recorded: p50 "
           f"{_pct(to_intent, 0.5) * 1000:.0f} ms); NAS saw {seen} requests; attempts {states}")
