@@ -274,15 +274,24 @@ class Decoder:
     """
 
     MAX_LAYOUTS = 2048
-    CANDIDATES = 4  # layouts tried per key (length and the first two headers)
+    CANDIDATES = 8  # layouts tried per key (length and the first two headers)
+    WINDOW = 4096  # packets between hit-rate checks
+    PAUSE = 16  # windows without layouts after a window that mostly missed
 
     def __init__(self) -> None:
         self._layouts: dict[tuple, list[tuple]] = {}
         self._seen: set[tuple] = set()  # header sequences seen once
         self._count = 0
+        self._packets = self._hits = 0
+        self._paused = 0
 
     def __call__(self, data: bytes) -> tuple[dict, int | None, bool, int,
                                               list[bytes] | None]:
+        self._packets += 1
+        if self._packets >= self.WINDOW:
+            self._review()
+        if self._paused:
+            return decode_fields(data)
         try:
             j = HEADER_LEN + data[21]
             key = (len(data), data[20], data[21], data[j], data[j + 1])
@@ -290,10 +299,20 @@ class Decoder:
             return decode_fields(data)
         for headers, expected, decode in self._layouts.get(key, ()):
             if headers(data) == expected:
+                self._hits += 1
                 return decode(data)
         result = decode_fields(data)
         self._learn(data, key)
         return result
+
+    def _review(self) -> None:
+        """Traffic whose layouts rarely repeat pays for learning and gains nothing:
+        then decode without layouts for a while."""
+        if self._paused:
+            self._paused -= 1
+        elif self._hits * 2 < self._packets:
+            self._paused = self.PAUSE
+        self._packets = self._hits = 0
 
     def _learn(self, data: bytes, key: tuple) -> None:
         attrs = []

@@ -153,6 +153,20 @@ def test_compiled_layouts_special_cases(radius_dict):
             assert decoder._count == 1
 
 
+def test_layouts_pause_when_traffic_does_not_repeat(radius_dict):
+    decoder = codec.Decoder()
+    decoder.WINDOW, decoder.PAUSE = 50, 2
+    rng = random.Random(13)
+    unique = [random_request(radius_dict, rng)[1] for _ in range(60)]
+    for raw in unique:  # every layout once: nothing to gain
+        assert decoder(raw) == codec.decode_fields(raw)
+    assert decoder._paused == 2
+    repeated = unique[0]
+    for _ in range(3 * 50):  # paused for two windows, then layouts again
+        assert decoder(repeated) == codec.decode_fields(repeated)
+    assert decoder._paused == 0 and decoder._hits > 0
+
+
 def test_compiled_layouts_never_accept_other_headers(radius_dict):
     rng = random.Random(12)
     decoder = codec.Decoder()
