@@ -33,11 +33,24 @@ def _bind(addr: str) -> tuple[str, int]:
     return (host or "127.0.0.1").strip("[]"), int(port)
 
 
+def load_olts(dsn: str) -> dict:
+    """Every OLT (``devices`` row of kind ``olt``) of every tenant, by ``tenant/olt``."""
+    from collectors.snmp.devices import load_devices
+
+    return {d.key: d for d in load_devices(dsn, kind="olt",
+                                           application_name="ispstream-collect-onu").values()}
+
+
+def _changed(old, new) -> bool:
+    """Whether an OLT row changed (its OLT-only fields are left out of ``==``)."""
+    return old != new or (old.vendor_profile, old.interval_optical_s) != (
+        new.vendor_profile, new.interval_optical_s)
+
+
 def main(settings) -> int:
     """Run the optics poller until SIGTERM or SIGINT; return the exit code."""
     from confluent_kafka import Producer
 
-    from collectors.onu.olts import load_olts
     from collectors.onu.poller import Metrics
     from collectors.radius.metrics import MetricsServer
     from ispstream import topics
@@ -170,9 +183,9 @@ class _Runner:
                                        self.settings.device_unreachable_after, self.slots)
                     self.pollers[key] = poller
                     self.tasks[key] = asyncio.create_task(poller.run(), name=f"olt {key}")
-                    log.info("%s: polling %s:%d every %gs with profile %s", key, olt.host,
-                             olt.port, olt.interval_s, profile.name)
-                elif poller.olt != olt or poller.profile is not profile:
+                    log.info("%s: polling %s:%d every %gs with profile %s", key, olt.address,
+                             olt.port, olt.interval_optical_s, profile.name)
+                elif _changed(poller.olt, olt) or poller.profile is not profile:
                     poller.configure(olt, profile)
                     log.info("%s: OLT row changed, next poll uses it", key)
                 self.rejected.pop(key, None)
@@ -185,7 +198,6 @@ class _Runner:
         self.metrics.olts = len(self.tasks)
 
     async def run(self, olts: dict) -> None:
-        from collectors.onu.olts import load_olts
         from collectors.onu.poller import MAX_CONCURRENT_POLLS
         from collectors.onu.snmp import SnmpClient
 

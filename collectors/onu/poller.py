@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from collectors.onu.olts import Olt
 from collectors.onu.profile import DecodeStats, Profile, decode
 from collectors.onu.snmp import SnmpClient, SnmpError
 from collectors.radius.metrics import render_family
+from collectors.snmp.devices import Device
 from ispstream.contracts import DeviceStatus, OnuOpticalPoll
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class Metrics:
 class OltPoller:
     """Polls one OLT on its schedule until cancelled."""
 
-    def __init__(self, olt: Olt, profile: Profile, client: SnmpClient, publish: Publish,
+    def __init__(self, olt: Device, profile: Profile, client: SnmpClient, publish: Publish,
                  metrics: Metrics, topics: tuple[str, str], jitter: float,
                  unreachable_after: int, slots: asyncio.Semaphore) -> None:
         self.client = client
@@ -147,9 +147,9 @@ class OltPoller:
         self.empty_warned = False
         self.configure(olt, profile)
 
-    def configure(self, olt: Olt, profile: Profile) -> None:
+    def configure(self, olt: Device, profile: Profile) -> None:
         """Apply a (changed) row; the next poll uses it (ValueError: unusable row)."""
-        session = self.client.session(olt.target())
+        session = self.client.session(olt)
         if getattr(self, "profile", None) is not profile:
             self.pon_memory: dict[str, str] = {}    # for profiles with remember_pon
         self.olt = olt
@@ -162,7 +162,7 @@ class OltPoller:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        due = loop.time() + random.uniform(0, self.olt.interval_s)
+        due = loop.time() + random.uniform(0, self.olt.interval_optical_s)
         while True:
             await asyncio.sleep(max(0.0, due - loop.time()))
             async with self.slots:
@@ -172,7 +172,7 @@ class OltPoller:
                     log.exception("%s: optics poll crashed", self.olt.key)
                     self.metrics.count(self.metrics.errors, "internal")
                     ok = False
-            interval = self.olt.interval_s
+            interval = self.olt.interval_optical_s
             now = loop.time()
             if ok:
                 due += self._vary(interval)
@@ -201,7 +201,7 @@ class OltPoller:
         stats = DecodeStats()
         try:
             onus = decode(profile, walks, stats, self.pon_memory)
-            message = OnuOpticalPoll(tenant_id=olt.tenant_id, olt_id=olt.olt_id,
+            message = OnuOpticalPoll(tenant_id=olt.tenant_id, olt_id=olt.id,
                                      profile=profile.name, at=at, onus=onus)
         except Exception:  # noqa: BLE001 - a decoding bug must not stop the schedule
             log.exception("%s: decoding with profile %s failed", olt.key, profile.name)
@@ -245,7 +245,7 @@ class OltPoller:
 
     def _announce(self, reachable: bool, reason: str, failures: int) -> None:
         olt = self.olt
-        status = DeviceStatus(tenant_id=olt.tenant_id, device_id=olt.olt_id, at=time.time(),
+        status = DeviceStatus(tenant_id=olt.tenant_id, device_id=olt.id, at=time.time(),
                               reachable=reachable, reason=f"onu optics poll: {reason}",
                               consecutive_failures=failures)
         self.metrics.unreachable += -1 if reachable else 1

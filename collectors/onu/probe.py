@@ -20,7 +20,8 @@ import sys
 import time
 
 from collectors.onu.profile import DecodeStats, decode, load_profiles
-from collectors.onu.snmp import SnmpClient, SnmpError, Target
+from collectors.onu.snmp import SnmpClient, SnmpError
+from collectors.snmp.devices import Device
 from ispstream.contracts import OnuOpticalPoll
 
 
@@ -52,14 +53,14 @@ async def _run(args) -> int:
     profile = profiles[args.profile]
     host, _, port = args.address.rpartition(":") if ":" in args.address else (args.address,
                                                                               "", "161")
-    target = Target(host.strip("[]"), int(port), "3" if args.v3_user else "2c",
-                    community=args.community, v3_user=args.v3_user,
-                    v3_auth_protocol=args.auth, v3_auth_key=args.auth_key,
-                    v3_priv_protocol=args.priv, v3_priv_key=args.priv_key,
-                    timeout_s=args.timeout, retries=args.retries,
-                    max_inflight=args.max_inflight)
+    device = Device("probe", args.address, "olt", host.strip("[]"), int(port),
+                    "3" if args.v3_user else "2c", community=args.community,
+                    v3_user=args.v3_user, v3_auth_protocol=args.auth,
+                    v3_auth_key=args.auth_key, v3_priv_protocol=args.priv,
+                    v3_priv_key=args.priv_key, timeout_s=args.timeout, retries=args.retries,
+                    max_inflight=args.max_inflight, vendor_profile=profile.name)
     client = SnmpClient()
-    session = client.session(target)
+    session = client.session(device)
     cpu, wall = [], []
     try:
         for _ in range(max(1, args.repeat)):

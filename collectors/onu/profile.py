@@ -58,7 +58,7 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
-from collectors.onu.ber import OID, parse_oid
+from collectors.snmp.ber import parse_oid
 from ispstream.contracts import OnuReading
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
@@ -73,6 +73,8 @@ DEFAULT_VALID: dict[str, tuple[float, float]] = {
 DECIMALS = {"onu_rx_dbm": 2, "onu_tx_dbm": 2, "olt_rx_dbm": 2, "temperature_c": 2,
             "voltage_v": 3, "bias_ma": 3}
 UNKNOWN = "unknown"
+
+OID = tuple[int, ...]
 
 
 class ProfileError(ValueError):

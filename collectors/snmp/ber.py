@@ -8,7 +8,7 @@ Object identifiers stay in their encoded form (``bytes``: the contents octets of
 OBJECT IDENTIFIER, without tag and length). Sub-identifiers are self-delimiting, so
 ``oid.startswith(column)`` is an exact "is in this subtree" test, and a response's OID
 can be sent back in the next request as it is. ``encode_oid`` / ``decode_oid`` convert
-from and to dotted text.
+from and to dotted text; ``parse_oid`` reads dotted text into a tuple of sub-identifiers.
 
 Values decode to plain Python: INTEGER, Counter32, Gauge32, TimeTicks, Counter64 ->
 ``int``; OCTET STRING, Opaque -> ``bytes``; OBJECT IDENTIFIER -> dotted text; IpAddress
@@ -86,13 +86,27 @@ def _subid(n: int) -> bytes:
     return bytes(reversed(out))
 
 
-def encode_oid(oid: str | tuple[int, ...]) -> bytes:
-    """The contents octets of an OBJECT IDENTIFIER (``"1.3.6.1..."`` or a tuple)."""
-    parts = tuple(int(p) for p in oid.strip(".").split(".")) if isinstance(oid, str) else oid
+def _check_oid(parts: tuple[int, ...], oid: object) -> tuple[int, ...]:
     if len(parts) < 2 or parts[0] > 2 or (parts[0] < 2 and parts[1] > 39):
         raise ValueError(f"not an OBJECT IDENTIFIER: {oid!r}")
     if any(p < 0 for p in parts):
         raise ValueError(f"not an OBJECT IDENTIFIER: {oid!r}")
+    return parts
+
+
+def parse_oid(text: str) -> tuple[int, ...]:
+    """``"1.3.6.1.2.1"`` or ``".1.3.6..."`` -> ``(1, 3, 6, 1, 2, 1)``; ``ValueError``
+    when it is not a valid OBJECT IDENTIFIER."""
+    try:
+        parts = tuple(int(p) for p in text.strip().strip(".").split("."))
+    except ValueError:
+        raise ValueError(f"not a numeric OBJECT IDENTIFIER: {text!r}") from None
+    return _check_oid(parts, text)
+
+
+def encode_oid(oid: str | tuple[int, ...]) -> bytes:
+    """The contents octets of an OBJECT IDENTIFIER (``"1.3.6.1..."`` or a tuple)."""
+    parts = parse_oid(oid) if isinstance(oid, str) else _check_oid(oid, oid)
     return _subid(parts[0] * 40 + parts[1]) + b"".join(_subid(p) for p in parts[2:])
 
 

@@ -160,6 +160,8 @@ class V3Transport:
     AUTH_FAILURES = ("WrongDigest", "UnknownUserName", "AuthenticationError",
                      "AuthenticationFailure", "DecryptionError", "UnknownEngineID",
                      "UnsupportedSecurityLevel", "UnknownSecurityName")
+    # reported as ``snmp error: ...`` but of kind ``auth`` (see ``SnmpError.kind``)
+    AUTH_KINDS = ("NotInTimeWindow", "ReportPduReceived")
 
     def __init__(self) -> None:
         (univ, cmdgen, auth, lcd, transport, errind, rfc1902, rfc1905) = _pysnmp()
@@ -196,11 +198,19 @@ class V3Transport:
         self.stats = {"requests": 0, "timeouts": 0, "auth_failures": 0, "errors": 0}
 
     async def target(self, device: Device) -> str:
-        """Configure ``device`` on the engine; return its target name for ``request``."""
-        auth = self._auth.UsmUserData(
-            device.v3_user, device.v3_auth_key, device.v3_priv_key,
-            authProtocol=self._auth_protocols[device.v3_auth_protocol],
-            privProtocol=self._priv_protocols[device.v3_priv_protocol])
+        """Configure ``device`` on the engine; return its target name for ``request``.
+        (Inventory rows are always authPriv; without an auth or priv protocol the user
+        is noAuthNoPriv or authNoPriv.)"""
+        a = self._auth
+        auth_protocol = (self._auth_protocols[device.v3_auth_protocol]
+                         if device.v3_auth_protocol else None)
+        priv_protocol = (self._priv_protocols[device.v3_priv_protocol]
+                         if device.v3_priv_protocol and auth_protocol else None)
+        auth = a.UsmUserData(
+            device.v3_user, device.v3_auth_key if auth_protocol else None,
+            device.v3_priv_key if priv_protocol else None,
+            authProtocol=auth_protocol or a.usmNoAuthProtocol,
+            privProtocol=priv_protocol or a.usmNoPrivProtocol)
         factory = (self._transport.Udp6TransportTarget if ":" in device.address
                    else self._transport.UdpTransportTarget)
         target = await factory.create((device.address, device.port),
@@ -255,7 +265,8 @@ class V3Transport:
             self.stats["errors"] += 1
             if kind == "EncryptionError":
                 raise SnmpError(NO_PRIVACY)
-            raise SnmpError(f"snmp error: {kind}")
+            raise SnmpError(f"snmp error: {kind}",
+                            kind="auth" if kind in self.AUTH_KINDS else None)
         plain = self._plain
         return (int(error_status), int(error_index),
                 [(encode_oid(tuple(name)), plain(value)) for name, value in varbinds])
@@ -289,10 +300,12 @@ class Session:
         self._v3_target: str | None = None
         self.peak_inflight = 0
         self._now_inflight = 0
+        self.requests = 0  # GETBULK requests sent (retransmissions not counted)
 
     async def bulk(self, oids: list[bytes], non_repeaters: int,
                    max_repetitions: int) -> tuple[int, int, Varbinds]:
         async with self.inflight:
+            self.requests += 1
             self._now_inflight += 1
             if self._now_inflight > self.peak_inflight:
                 self.peak_inflight = self._now_inflight

@@ -5,6 +5,8 @@ response returns up to ``max-repetitions`` rows of every column; a column is don
 first OID outside it (or endOfMibView). Columns of different lengths are fine: each
 advances on its own. An agent that answers ``tooBig`` gets half the repetitions (down to
 1); an agent that sends OIDs that do not increase has that column stopped, never looped.
+With a ``varbind_budget`` instead, each request asks for ``budget // columns left``
+repetitions (columns that ended leave room to the others) and tooBig halves the budget.
 
 The transport is a coroutine ``bulk(oids, non_repeaters, max_repetitions)`` returning
 ``(error_status, error_index, varbinds)``, so the same walk runs over the v2c codec and
@@ -25,13 +27,22 @@ Bulk = Callable[[list[bytes], int, int], Awaitable[tuple[int, int, Varbinds]]]
 MAX_REQUESTS_PER_WALK = 5000  # 5000 x 25 rows: far beyond any real interface table
 
 
+_KINDS = {"timeout": "timeout", "authentication failure": "auth"}
+
+
 class SnmpError(Exception):
     """A request or walk that failed; ``reason`` is short and safe to publish
-    (``timeout``, ``authentication failure``, ``agent error: genErr``, ...)."""
+    (``timeout``, ``authentication failure``, ``agent error: genErr``, ...).
 
-    def __init__(self, reason: str) -> None:
+    ``kind`` classifies it: ``timeout``, ``auth`` (the device refused our credentials),
+    ``error-status`` (the agent answered with an error status, then in ``status``) or
+    ``protocol`` (anything else: malformed, looping or empty answers, local errors)."""
+
+    def __init__(self, reason: str, kind: str | None = None, status: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.kind = kind or _KINDS.get(reason, "protocol")
+        self.status = status
 
 
 @dataclass
@@ -45,10 +56,11 @@ class WalkResult:
 
 
 async def walk(bulk: Bulk, columns: list[bytes], max_repetitions: int,
-               scalars: list[bytes] = ()) -> WalkResult:
+               scalars: list[bytes] = (), varbind_budget: int | None = None) -> WalkResult:
     """Walk ``columns`` (encoded OIDs) in parallel; ``scalars`` ride along as
     non-repeaters of the first request (GETNEXT semantics: ask for the object's OID
-    without ``.0``)."""
+    without ``.0``). ``varbind_budget``: repetitions per request follow the columns
+    still walked (see the module's doc) instead of staying ``max_repetitions``."""
     result = WalkResult(scalars=[None] * len(scalars), columns=[[] for _ in columns],
                         max_repetitions=max_repetitions)
     cursor = list(columns)
@@ -58,16 +70,22 @@ async def walk(bulk: Bulk, columns: list[bytes], max_repetitions: int,
     while active or pending_scalars:
         if result.requests >= MAX_REQUESTS_PER_WALK:
             raise SnmpError("agent error: walk did not end")
+        if varbind_budget and active:
+            reps = max(1, varbind_budget // len(active))
         n_scalars = len(pending_scalars)
         status, _index, varbinds = await bulk(
             pending_scalars + [cursor[i] for i in active], n_scalars, reps if active else 0)
         result.requests += 1
         if status == TOO_BIG and reps > 1:
             reps = max(1, reps // 2)
+            if varbind_budget:
+                varbind_budget = max(1, varbind_budget // 2)
+                reps = max(1, varbind_budget // len(active))
             result.max_repetitions = reps
             continue
         if status:
-            raise SnmpError(f"agent error: {ERROR_STATUS.get(status, status)}")
+            raise SnmpError(f"agent error: {ERROR_STATUS.get(status, status)}",
+                            kind="error-status", status=status)
         if len(varbinds) < n_scalars:
             raise SnmpError("agent error: short response")
         result.varbinds += len(varbinds)

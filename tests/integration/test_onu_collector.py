@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from collectors.onu.ber import decode_response, encode_getbulk, parse_oid
+from collectors.snmp.ber import GET_BULK, decode_message, encode_oid, encode_request
 from conftest import missing_service
 from ispstream import topics
 from ispstream.contracts import DeviceStatus, OnuOpticalPoll
@@ -41,10 +41,10 @@ COMMUNITIES = {
 def _answers(port: int, community: str) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(2)
-        s.sendto(encode_getbulk(community.encode(), 1, [parse_oid("1.3.6.1.2.1.1")], 1),
-                 ("127.0.0.1", port))
+        s.sendto(encode_request(community.encode(), GET_BULK, 1, [encode_oid("1.3.6.1.2.1.1")],
+                                0, 1), ("127.0.0.1", port))
         try:
-            _, response = decode_response(s.recv(65535))
+            response = decode_message(s.recv(65535))
         except socket.timeout:
             return False
         return bool(response.varbinds)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from collectors.onu.ber import parse_oid
-from collectors.onu.snmp import SnmpClient, SnmpError, Target
+from collectors.onu.snmp import SnmpClient, SnmpError
+from collectors.snmp.ber import parse_oid
+from collectors.snmp.devices import Device
 from tests.procs import free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -26,6 +27,10 @@ USERS = {  # user: (auth protocol, priv protocol)
     "u-md5-des": ("MD5", "DES"),
 }
 NET_SNMP_AUTH = {"SHA": "SHA", "SHA256": "SHA-256", "MD5": "MD5"}
+
+
+def Target(address, port=161, version="2c", **fields) -> Device:
+    return Device("t", "snmpd", "olt", address, port, version, **fields)
 
 
 @pytest.fixture(scope="module")

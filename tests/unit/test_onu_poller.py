@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from collectors.onu.olts import Olt
 from collectors.onu.poller import Metrics, OltPoller, Reachability
 from collectors.onu.profile import load_profiles
 from collectors.onu.snmp import SnmpError
+from collectors.snmp.devices import Device
 from ispstream.contracts import DeviceStatus, OnuOpticalPoll
 
 PROFILES = load_profiles()
@@ -20,14 +20,14 @@ BASE = (1, 3, 6, 1, 4, 1, 41112, 1, 5, 6, 2, 1)
 SERIAL = (12, 85, 66, 78, 84, 49, 50, 51, 52, 53, 54, 55, 56)   # "UBNT12345678"
 
 
-def olt(**changes) -> Olt:
-    fields = dict(tenant_id="acme", olt_id="olt-1", host="192.0.2.10", port=161,
-                  snmp_version="2c", community="public", v3_user=None, v3_auth_protocol=None,
+def olt(**changes) -> Device:
+    fields = dict(tenant_id="acme", id="olt-1", kind="olt", address="192.0.2.10", port=161,
+                  version="2c", community="public", v3_user=None, v3_auth_protocol=None,
                   v3_auth_key=None, v3_priv_protocol=None, v3_priv_key=None,
-                  vendor_profile="ubiquiti-ufiber", interval_s=300.0, max_inflight=2,
+                  vendor_profile="ubiquiti-ufiber", interval_optical_s=300.0, max_inflight=2,
                   timeout_s=1.0, retries=1)
     fields.update(changes)
-    return Olt(**fields)
+    return Device(**fields)
 
 
 class FakeSession:
@@ -88,7 +88,7 @@ def test_a_poll_publishes_one_message_keyed_tenant_olt():
 
 
 def test_unreachable_after_n_timeouts_then_recovered_once():
-    timeout = SnmpError("timeout", "no response")
+    timeout = SnmpError("timeout")
     poller, published, metrics = make_poller([timeout, timeout, timeout, good_walk(),
                                               good_walk()])
     assert run(poller, 5) == [False, False, False, True, True]
@@ -103,7 +103,7 @@ def test_unreachable_after_n_timeouts_then_recovered_once():
 
 
 def test_an_error_answer_is_a_failed_poll_but_not_unreachable():
-    error = SnmpError("error-status", "genErr")
+    error = SnmpError("agent error: genErr", kind="error-status", status=5)
     poller, published, metrics = make_poller([error, error, error], unreachable_after=1)
     assert run(poller, 3) == [False, False, False]
     assert published == [] and metrics.errors == {"error-status": 3}
@@ -124,7 +124,7 @@ def test_schedule_retries_a_failed_poll_no_sooner_than_a_minute(monkeypatch):
     retried after min(interval, 60 s), successes every interval (jittered)."""
     import collectors.onu.poller as poller_mod
 
-    timeout = SnmpError("timeout", "no response")
+    timeout = SnmpError("timeout")
     poller, published, _ = make_poller([timeout, timeout, good_walk(), good_walk()])
     poller.jitter = 0.0
     times = []

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collectors.onu.ber import parse_oid
 from collectors.onu.profile import (
     DecodeStats, ProfileError, decode, load_profile, load_profiles, parse_profile,
     profile_names,
 )
+from collectors.snmp.ber import parse_oid
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "snmprec" / "olts"
 PROFILES = load_profiles()
@@ -36,7 +36,7 @@ def parse_snmprec(lines) -> dict:
         elif typ == "4x":
             v = bytes.fromhex(value)
         elif typ == "6":
-            v = parse_oid(value)
+            v = value.lstrip(".")
         else:
             v = value.encode("latin-1")
         records[parse_oid(oid)] = v

@@ -8,10 +8,22 @@ import bisect
 
 import pytest
 
-from collectors.onu.ber import END_OF_MIB_VIEW, Response, parse_oid
-from collectors.onu.snmp import Session, SnmpError, Target
+from collectors.onu.snmp import Session, SnmpError
+from collectors.snmp.ber import END_OF_MIB_VIEW, RESPONSE, Message, encode_oid, parse_oid
+from collectors.snmp.ber import decode_oid as _oid_text
+from collectors.snmp.devices import Device
 
 COLS = [parse_oid(f"1.3.6.1.4.1.9.1.{c}") for c in (1, 2, 3, 5)]
+
+
+def Target(address, version="2c", community=None, max_inflight=2):
+    return Device("t", "olt", "olt", address, version=version, community=community,
+                  max_inflight=max_inflight)
+
+
+def Response(pdu, request_id, error_status, error_index, varbinds):
+    """What a fake agent answers, with OIDs as tuples."""
+    return error_status, error_index, varbinds
 
 
 def table(rows: int):
@@ -35,7 +47,16 @@ class FakeAgent:
         self.peak = 0
         self.requests = 0
 
-    async def request(self, addr, community, oids, max_repetitions, timeout, retries):
+    async def request(self, host, port, community, pdu, oids, non_repeaters, max_repetitions,
+                      timeout, retries):
+        """The v2c transport's interface over ``answer`` (OIDs as tuples)."""
+        status, index, varbinds = await self.answer(
+            (host, port), community, [parse_oid(_oid_text(o)) for o in oids], max_repetitions,
+            timeout, retries)
+        return Message(1, community, RESPONSE, 1, status, index,
+                       [(encode_oid(o), v) for o, v in varbinds])
+
+    async def answer(self, addr, community, oids, max_repetitions, timeout, retries):
         self.inflight += 1
         self.peak = max(self.peak, self.inflight)
         self.requests += 1
@@ -109,7 +130,7 @@ def test_a_column_past_the_end_of_the_mib():
 
 def test_a_looping_agent_is_a_protocol_error():
     class Looping(FakeAgent):
-        async def request(self, addr, community, oids, max_repetitions, timeout, retries):
+        async def answer(self, addr, community, oids, max_repetitions, timeout, retries):
             return Response(0xA2, 1, 0, 0, [(COLS[0] + (1,), 1)] * len(oids))
 
     with pytest.raises(SnmpError) as err:
@@ -128,11 +149,11 @@ def test_target_validation():
 
 def test_a_failing_walker_stops_the_others():
     class OneDead(FakeAgent):
-        async def request(self, addr, community, oids, max_repetitions, timeout, retries):
+        async def answer(self, addr, community, oids, max_repetitions, timeout, retries):
             if COLS[0] in oids or any(o[:len(COLS[0])] == COLS[0] for o in oids):
-                raise SnmpError("timeout", "no response")
-            return await super().request(addr, community, oids, max_repetitions, timeout,
-                                         retries)
+                raise SnmpError("timeout")
+            return await super().answer(addr, community, oids, max_repetitions, timeout,
+                                        retries)
 
     agent = OneDead(table(500), delay=0.01)
     with pytest.raises(SnmpError) as err:

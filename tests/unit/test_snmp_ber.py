@@ -125,7 +125,71 @@ def test_every_truncation_raises_ber_error_only():
 
 @pytest.mark.parametrize("garbage", [b"", b"\x30", b"\x30\x84\xff\xff\xff\xff",
                                      b"\x02\x01\x00", b"\x30\x03\x02\x01\x01",
-                                     b"\x30\x80\x00\x00"])
+                                     b"\x30\x80\x00\x00", b"\x30\x05\x02\x01\x01",
+                                     b"\x04\x00", b"\x30\x03\x02\x01\x03"])
 def test_garbage_raises_ber_error(garbage):
     with pytest.raises(ber.BerError):
         ber.decode_message(garbage)
+
+
+# -- from the optics poller's former codec tests (its walks now use this codec) ------------
+
+@pytest.mark.parametrize("request_id", [0, 1, 127, 128, 255, 256, 65535, 2**31 - 1])
+def test_getbulk_request_ids_and_a_binary_community_read_back_by_pysnmp(request_id):
+    texts = ["1.3.6.1.4.1.2011.6.128.1.1.2.51.1.4", "1.3.6.1.2.1.31.1.1.1.1",
+             "1.3.6.1.4.1.3902.1082.500.1.2.4.2.1.2.268435456.200"]
+    data = ber.encode_request(b"public-\xff", ber.GET_BULK, request_id,
+                              [ber.encode_oid(t) for t in texts], 0, 16)
+    msg, rest = ber_decoder.decode(data, asn1Spec=P.Message())
+    assert rest == b""
+    assert int(msg["version"]) == 1 and bytes(msg["community"]) == b"public-\xff"
+    pdu = P.apiMessage.get_pdu(msg)
+    assert pdu.isSameTypeWith(P.GetBulkRequestPDU())
+    assert int(P.apiBulkPDU.get_request_id(pdu)) == request_id
+    assert int(P.apiBulkPDU.get_max_repetitions(pdu)) == 16
+    assert int(P.apiBulkPDU.get_non_repeaters(pdu)) == 0
+    assert [str(o) for o, _ in P.apiBulkPDU.get_varbinds(pdu)] == texts
+
+
+def test_optics_values_and_large_index_sub_identifiers_match_pysnmp():
+    base = "1.3.6.1.4.1.1.2"
+    values = [
+        (rfc1902.Integer32(-2147483648), -2147483648),
+        (rfc1902.Integer32(2147483647), 2147483647),
+        (rfc1902.Integer32(-1461), -1461),
+        (rfc1902.Integer32(0), 0),
+        (rfc1902.OctetString(b"0.03 mW (-14.61 dBm)"), b"0.03 mW (-14.61 dBm)"),
+        (rfc1902.OctetString(bytes.fromhex("48575443a1b23010")),
+         bytes.fromhex("48575443a1b23010")),
+        (rfc1902.OctetString(b"x" * 300), b"x" * 300),
+        (rfc1902.Counter32(4294967295), 4294967295),
+        (rfc1902.Gauge32(1000000000), 1000000000),
+        (rfc1902.TimeTicks(111404777), 111404777),
+        (rfc1902.Counter64(2**64 - 1), 2**64 - 1),
+        (rfc1902.IpAddress("192.0.2.7"), "192.0.2.7"),
+        (rfc1902.ObjectIdentifier("1.3.6.1.4.1.2011.2.123"), "1.3.6.1.4.1.2011.2.123"),
+        (rfc1905.noSuchInstance, ber.NO_SUCH_INSTANCE),
+        (rfc1905.endOfMibView, ber.END_OF_MIB_VIEW),
+    ]
+    names = [f"{base}.{i}.4194316032.127" for i in range(len(values))]
+    msg = ber.decode_message(pysnmp_response(
+        123456, [(rfc1902.ObjectName(n), v) for n, (v, _) in zip(names, values)], b"c"))
+    assert (msg.community, msg.request_id, msg.error_status, msg.pdu) == (
+        b"c", 123456, 0, ber.RESPONSE)
+    assert [ber.decode_oid(o) for o, _ in msg.varbinds] == names
+    column = ber.encode_oid(base)
+    assert [ber.decode_subids(o, len(column)) for o, _ in msg.varbinds] == [
+        (i, 4194316032, 127) for i in range(len(values))]
+    assert [v for _, v in msg.varbinds] == [expected for _, expected in values]
+
+
+@pytest.mark.parametrize("text", ["1.3.6.1.2.1.1.1.0", ".1.3.6.1.4.1.41112.1.5.6.2.1.9"])
+def test_oid_text_round_trip(text):
+    assert ber.parse_oid(text) == tuple(int(p) for p in text.lstrip(".").split("."))
+    assert ber.decode_oid(ber.encode_oid(ber.parse_oid(text))) == text.lstrip(".")
+
+
+@pytest.mark.parametrize("text", ["", "1", "1.3.x", "3.1.2", "1.-3"])
+def test_bad_oid_text(text):
+    with pytest.raises(ValueError):
+        ber.parse_oid(text)

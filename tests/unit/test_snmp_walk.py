@@ -185,3 +185,31 @@ def test_a_walk_that_never_ends_is_cut():
     with pytest.raises(SnmpError, match="did not end"):
         run(walk(endless, [ifmib.IF_TABLE_COLUMNS[0].encoded], 1))
     assert MAX_REQUESTS_PER_WALK >= 1000
+
+
+def test_a_varbind_budget_gives_the_room_of_ended_columns_to_the_others():
+    agent = Agent(if_mib(60, with_hc=10))
+    name, in_octets = ifmib.IFX_TABLE_COLUMNS[0].encoded, ifmib.IFX_TABLE_COLUMNS[1].encoded
+    result = run(walk(agent.bulk, [name, in_octets], 10, varbind_budget=20))
+    assert [len(c) for c in result.columns] == [60, 10]
+    assert agent.requests == [(2, 0, 10), (2, 0, 10), (1, 0, 20), (1, 0, 20), (1, 0, 20)]
+
+
+def test_too_big_halves_a_varbind_budget():
+    agent = Agent(if_mib(30), too_big_above=10)
+    result = run(walk(agent.bulk, columns(ifmib.IF_TABLE_COLUMNS), 16, varbind_budget=48))
+    assert [len(c) for c in result.columns] == [30, 30, 30]
+    assert all(n * reps <= 10 for n, _, reps in agent.requests[3:])
+
+
+def test_errors_have_a_kind():
+    assert (SnmpError("timeout").kind, SnmpError("authentication failure").kind) == (
+        "timeout", "auth")
+    assert SnmpError("agent error: empty response").kind == "protocol"
+
+    async def gen_err(oids, nr, mr):
+        return 5, 1, []
+
+    with pytest.raises(SnmpError) as err:
+        run(walk(gen_err, columns(ifmib.IF_TABLE_COLUMNS), 8))
+    assert (err.value.kind, err.value.status) == ("error-status", 5)
