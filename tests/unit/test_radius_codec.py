@@ -371,14 +371,19 @@ class _FakeInventory:
 
 
 def test_every_produced_record_is_a_valid_acct_event(radius_dict, tmp_path):
-    """Drive the collector's receive path: each record validates as AcctEvent."""
+    """Drive the collector's receive path: each record validates as AcctEvent.
+
+    Every packet comes three times (from three NAS ports, so not as a retransmit): the
+    first two take the attribute walk, the third a compiled layout.
+    """
     entry = NasEntry(Nas("acme", "bng-1", "192.0.2.1", SECRET))
     rng = random.Random(99)
     datagrams, expected = [], []
     for i in range(300):
         attrs, raw = random_request(radius_dict, rng)
-        datagrams.append((raw, ("192.0.2.1", 30000 + i)))
-        expected.append(reference_fields(radius_dict, raw))
+        for copy in range(3):
+            datagrams.append((raw, ("192.0.2.1", 30000 + 3 * i + copy)))
+            expected.append(reference_fields(radius_dict, raw))
     sock, producer = _FakeSocket(datagrams), _FakeProducer()
     collector = server.Collector(sock, producer, "radius.acct", Spool(tmp_path),
                                  _FakeInventory(entry))
@@ -386,8 +391,9 @@ def test_every_produced_record_is_a_valid_acct_event(radius_dict, tmp_path):
         collector._receive()
         collector._settle()
 
-    assert len(producer.records) == 300 and len(sock.sent) == 300
-    assert collector.counts["acked"] == 300
+    assert len(producer.records) == 900 and len(sock.sent) == 900
+    assert collector.counts["acked"] == 900
+    assert collector.decode._hits >= 290
     for (topic, key, value), fields in zip(producer.records, expected):
         assert topic == "radius.acct"
         as_dict = json.loads(value)
