@@ -15,6 +15,7 @@ BENCHES = [
     "bench.snmp_poller",
     "bench.detection_latency",
     "bench.onu_scale",
+    "bench.enforce",
 ]
 
 
