@@ -32,7 +32,8 @@ from ispstream import topics
 from ispstream.db import migrate
 from ispstream.kafka import EmbeddedBroker, producer_config
 from ispstream.settings import Settings
-from pipelines.usage import build_flow, recovery_config
+from pipelines.runtime import recovery_config
+from pipelines.usage import build_flow
 
 PARTITIONS = 16
 
@@ -91,7 +92,8 @@ def run_usage(settings: Settings, expected_rows: int) -> float:
     from datetime import timedelta
     cli_main(flow, workers_per_process=1,
              epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
-             recovery_config=recovery_config(settings))
+             recovery_config=recovery_config(settings.recovery_dir,
+                                             settings.recovery_partitions))
     elapsed = time.perf_counter() - start
     with psycopg.connect(settings.dsn()) as conn:
         rows = conn.execute("SELECT count(DISTINCT record_id) FROM usage_rated").fetchone()[0]

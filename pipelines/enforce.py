@@ -26,7 +26,7 @@ import logging
 import time
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from functools import partial
 from typing import Callable
 
@@ -36,7 +36,6 @@ from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
-from bytewax.recovery import RecoveryConfig, init_db_dir
 from pydantic import BaseModel, ValidationError
 
 from collectors.radius.vendors import load_profiles, parse_rate
@@ -53,6 +52,7 @@ from pipelines.enforce_rules import (
     with_enforced,
 )
 from pipelines.enforce_sink import EnforceCatalog, EnforceSink, load_enforced
+from pipelines.runtime import input_config, run
 
 log = logging.getLogger(__name__)
 STAGE = "flow.enforce"
@@ -261,10 +261,7 @@ def build_flow(
     """Build the enforce dataflow from settings (tests may pass their own sink/clock)."""
     brokers = settings.require_kafka().split(",")
     kcfg = dict(settings.kafka_config)
-    # Enforcement is latency-bound: never let a fetch idle for librdkafka's default
-    # 500 ms on a broker that does not answer as soon as data arrives (the embedded
-    # broker does not). Kafka itself answers at once; this only bounds idle fetches.
-    in_cfg = {"fetch.wait.max.ms": "100", **kcfg}
+    in_cfg = input_config(settings)
     catalog = catalog or EnforceCatalog(settings.dsn(), settings.inventory_refresh_s)
     catalog.refresh()
     env = EnforceEnv(
@@ -310,23 +307,6 @@ def build_flow(
     return flow
 
 
-def recovery_config(settings: Settings) -> RecoveryConfig:
-    """Recovery store for the flow, created on first use."""
-    rdir = settings.enforce_recovery_dir
-    if not rdir.exists() or not any(rdir.glob("part-*.sqlite3")):
-        rdir.mkdir(parents=True, exist_ok=True)
-        init_db_dir(rdir, settings.recovery_partitions)
-    return RecoveryConfig(rdir)
-
-
 def main(settings: Settings, workers: int = 1) -> int:
     """Run the enforce flow in this process with recovery (resumes where it stopped)."""
-    from bytewax._bytewax import cli_main
-
-    flow = build_flow(settings)
-    log.info("enforce flow: %d worker(s), recovery in %s, snapshot every %.1fs",
-             workers, settings.enforce_recovery_dir, settings.snapshot_interval_s)
-    cli_main(flow, workers_per_process=workers,
-             epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
-             recovery_config=recovery_config(settings))
-    return 0
+    return run(build_flow(settings), settings, settings.enforce_recovery_dir, workers)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+
 from functools import partial
 
 import bytewax.operators as op
@@ -39,7 +39,6 @@ from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import Sink
-from bytewax.recovery import RecoveryConfig, init_db_dir
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ValidationError
 
@@ -62,6 +61,7 @@ from pipelines.fault_rules import (
     OltState,
     OnuSample,
 )
+from pipelines.runtime import input_config, run
 from pipelines.sinks import PipelinedDbSink
 from pipelines.telemetry_catalog import TelemetryCatalog
 
@@ -552,7 +552,7 @@ def build_flow(
 
     flow = Dataflow("faults")
     inp = kop.input("faults_in", flow, brokers=brokers, topics=list(models), tail=tail,
-                    add_config=kcfg)
+                    add_config=input_config(settings))
     # KafkaSourceMessage (oks) | KafkaError (errs)
     parsed = op.map("parse", inp.oks, partial(parse_message, models))
     # IfStatsPoll | TrapEvent | OnuOpticalPoll | DeviceStatus | DeadLetter
@@ -590,31 +590,15 @@ def build_flow(
     return flow
 
 
-def recovery_config(settings: Settings) -> RecoveryConfig:
-    """Recovery store for the flow, created on first use."""
-    rdir = settings.faults_recovery_dir
-    if not rdir.exists() or not any(rdir.glob("part-*.sqlite3")):
-        rdir.mkdir(parents=True, exist_ok=True)
-        init_db_dir(rdir, settings.recovery_partitions)
-    return RecoveryConfig(rdir)
-
-
 def main(settings: Settings, workers: int = 1) -> int:
     """Run the fault flow in this process with recovery (resumes where it stopped), and
     the alert delivery worker beside it on its own thread."""
-    from bytewax._bytewax import cli_main
-
     from pipelines.alert_delivery import AlertDelivery
 
     flow = build_flow(settings)
     delivery = AlertDelivery(settings.dsn())
     delivery.start()
-    log.info("faults flow: %d worker(s), recovery in %s, snapshot every %.1fs",
-             workers, settings.faults_recovery_dir, settings.snapshot_interval_s)
     try:
-        cli_main(flow, workers_per_process=workers,
-                 epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
-                 recovery_config=recovery_config(settings))
+        return run(flow, settings, settings.faults_recovery_dir, workers)
     finally:
         delivery.stop()
-    return 0

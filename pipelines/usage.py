@@ -23,7 +23,7 @@ import logging
 import time
 import zlib
 from dataclasses import dataclass
-from datetime import timedelta
+
 from functools import partial
 
 import bytewax.operators as op
@@ -31,13 +31,13 @@ from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import Sink
-from bytewax.recovery import RecoveryConfig, init_db_dir
 from pydantic import ValidationError
 
 from ispstream import topics
 from ispstream.contracts import AcctEvent, ActionEvent, DeadLetter
 from ispstream.settings import Settings
 from pipelines.catalog import Catalog
+from pipelines.runtime import input_config, run
 from pipelines.sinks import UsageDbSink
 from rating.policies import QuotaAction, rate_and_enforce
 from rating.sessions import AcctRecord, NasState, SessionDelta, event_time, total
@@ -231,7 +231,7 @@ def build_flow(
 
     flow = Dataflow("usage")
     inp = kop.input("acct_in", flow, brokers=brokers, topics=[settings.topic(topics.RADIUS_ACCT)],
-                    tail=tail, add_config=kcfg)
+                    tail=tail, add_config=input_config(settings))
     # KafkaSourceMessage (oks) | KafkaError (errs)
     parsed = op.map("parse", inp.oks, parse_message)
     # AcctRecord | DeadLetter
@@ -277,23 +277,6 @@ def build_flow(
     return flow
 
 
-def recovery_config(settings: Settings) -> RecoveryConfig:
-    """Recovery store for the flow, created on first use."""
-    rdir = settings.recovery_dir
-    if not rdir.exists() or not any(rdir.glob("part-*.sqlite3")):
-        rdir.mkdir(parents=True, exist_ok=True)
-        init_db_dir(rdir, settings.recovery_partitions)
-    return RecoveryConfig(rdir)
-
-
 def main(settings: Settings, workers: int = 1) -> int:
     """Run the usage flow in this process with recovery (resumes where it stopped)."""
-    from bytewax._bytewax import cli_main
-
-    flow = build_flow(settings)
-    log.info("usage flow: %d worker(s), recovery in %s, snapshot every %.1fs",
-             workers, settings.recovery_dir, settings.snapshot_interval_s)
-    cli_main(flow, workers_per_process=workers,
-             epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
-             recovery_config=recovery_config(settings))
-    return 0
+    return run(build_flow(settings), settings, settings.recovery_dir, workers)
