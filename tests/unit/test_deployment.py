@@ -19,7 +19,8 @@ def _compose() -> dict:
 
 def test_compose_parses_and_has_the_stack():
     services = _compose()["services"]
-    assert {"kafka", "timescaledb", "migrate", "collector", "flow-usage", "api"} <= set(services)
+    assert {"kafka", "timescaledb", "migrate", "collector", "flow-usage", "flow-enforce",
+            "collector-snmp", "collector-onu", "flow-faults", "api"} <= set(services)
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert "timescaledb" in services["timescaledb"]["image"]
 
@@ -40,6 +41,15 @@ def test_compose_creates_every_topic():
     script = _compose()["services"]["kafka-topics"]["command"][0]
     for t in topics.ALL_TOPICS:
         assert t in script
+
+
+def test_every_process_has_a_service():
+    """Each long-running `ispstream` process of the CLI runs in the stack."""
+    commands = {tuple(svc["command"]) for svc in _compose()["services"].values()
+                if svc.get("image") == "ispstream:latest"}
+    for cmd in (("collect", "radius"), ("collect", "snmp"), ("collect", "onu"),
+                ("flow", "usage"), ("flow", "enforce"), ("flow", "faults"), ("api",)):
+        assert cmd in commands, f"no service runs `ispstream {' '.join(cmd)}`"
 
 
 def test_dockerfile_copies_every_package():
