@@ -175,7 +175,9 @@ class _Cpu:
     def __enter__(self) -> "_Cpu":
         self.pg_pids = _pg_backends(self.dsn)
         self.pg0 = cpu_by_pid(self.pg_pids)
-        self.p0 = {k: cpu_seconds(pid) for k, pid in self.procs.items()}
+        self.procs = {**self.procs, "bench_process": os.getpid()}
+        self.p0 = {k: cpu_seconds(pid, include_children=k != "bench_process")
+                   for k, pid in self.procs.items()}
         self.sys0 = system_cpu()
         self.t0 = time.monotonic()
         return self
@@ -184,14 +186,19 @@ class _Cpu:
         self.seconds = time.monotonic() - self.t0
         pids = sorted(set(self.pg_pids) | set(_pg_backends(self.dsn)))
         self.pg_s = cpu_delta(self.pg0, cpu_by_pid(pids))
-        self.p_s = {k: cpu_seconds(pid) - self.p0[k] for k, pid in self.procs.items()}
+        self.p_s = {k: cpu_seconds(pid, include_children=k != "bench_process") - self.p0[k]
+                    for k, pid in self.procs.items()}
         busy1, total1 = system_cpu()
         self.machine_busy = (busy1 - self.sys0[0]) / max(1e-9, total1 - self.sys0[1])
+        # everything else on the machine (the rest of the busy time, all cores)
+        self.others_s = (busy1 - self.sys0[0]) - sum(self.p_s.values()) - self.pg_s
 
     def report(self) -> dict:
         out = {f"{k}_cores": round(v / self.seconds, 3) for k, v in self.p_s.items()}
         out["postgresql_backends_cores"] = round(self.pg_s / self.seconds, 3)
+        out["other_processes_cores"] = round(max(0.0, self.others_s) / self.seconds, 3)
         out["machine_busy"] = round(self.machine_busy, 3)
+        out["cpus"] = os.cpu_count()
         out["window_s"] = round(self.seconds, 2)
         return out
 
@@ -439,6 +446,9 @@ def run_latency(args, broker, tmp: Path) -> dict:
             "nas_sessions_sent_twice": sum(1 for v in per_session.values() if v > 1),
             "latency_to_ack_results_at": _dist(lat_results),
             "latency_to_ack_db_answered_at": _dist(lat_db),
+            # drift: a flow that falls behind the load shows growing latencies
+            "latency_first_tenth": _dist(lat_results[:max(1, len(lat_results) // 10)]),
+            "latency_last_tenth": _dist(lat_results[-max(1, len(lat_results) // 10):]),
             "latency_to_intent_recorded": _dist(to_intent),
             "radclient_spawn_to_collector_ack": _dist(collector_ack),
             "background": bg_stats,

@@ -1,16 +1,17 @@
-"""Throughput and latency of the enforce flow against 10 NAS (FreeRADIUS, one listener per
-address 127.0.0.1-10): a burst of throttles (exchanges/s), then a steady stream of them
-(latency from the action's time to the NAS's answer being recorded).
+"""The enforce flow and the CoA client under a burst to 10 NAS (FreeRADIUS, one listener per
+address 127.0.0.1-10): every attempt is ACKed and nothing is sent twice.
 
-Prints its measurements; the assertions are deliberately loose so a loaded test machine
-does not fail them. Scale with ``ISPSTREAM_ENFORCE_BENCH_N`` (default 3000 actions per
-phase) and ``ISPSTREAM_ENFORCE_BENCH_RATE`` (steady phase, actions/s, default 500).
+Correctness only, with a small N and no timing assertions: a loaded CI machine must not
+fail on speed. Throughput and latency are measured by ``python -m bench.enforce``
+(results in docs/PERFORMANCE.md). ``ISPSTREAM_ENFORCE_TEST_N`` sets the burst size
+(default 200 actions).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 
 import psycopg
 import pytest
@@ -27,6 +28,10 @@ pytestmark = pytest.mark.integration
 
 SECRET = "s3cret-nas"
 N_NAS = 10
+
+
+def _n() -> int:
+    return int(os.environ.get("ISPSTREAM_ENFORCE_TEST_N", "200"))
 
 
 def _inventory(port: int, users: list[str]) -> str:
@@ -47,46 +52,18 @@ tenants:
 """
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far."""
-    fields = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _machine_idle() -> tuple[float, float]:
-    """(idle, total) jiffies of the whole machine so far."""
-    cpu = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-    return cpu[3] + cpu[4], sum(cpu)
-
-
-def _backends_cpu_s(dsn: str) -> float:
-    """CPU seconds of the flow's own PostgreSQL backends (same host) so far."""
+def _rows(dsn: str, sql: str, *args):
     with psycopg.connect(dsn) as conn:
-        pids = [r[0] for r in conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name = 'ispstream' AND pid <> pg_backend_pid()")]
-    total = 0.0
-    for pid in pids:
-        try:
-            total += _cpu_s(pid)
-        except OSError:
-            pass
-    return total
+        return conn.execute(sql, args or None).fetchall()
 
 
-def _pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
-
-
-def test_enforce_throughput_and_latency_with_ten_nas(pg_dsn, broker, topic_prefix, tmp_path,
-                                                     coa_nas):
-    n = int(os.environ.get("ISPSTREAM_ENFORCE_BENCH_N", "3000"))
-    rate = float(os.environ.get("ISPSTREAM_ENFORCE_BENCH_RATE", "500"))
+def test_burst_to_ten_nas_every_attempt_acked_once(pg_dsn, broker, topic_prefix, tmp_path,
+                                                   coa_nas):
+    n = _n()
     for t in topics.ALL_TOPICS:
         broker.create_topic(topic_prefix + t, 4)
     port = free_udp_port()
-    users = [f"u{i:06d}" for i in range(2 * n)]
+    users = [f"u{i:06d}" for i in range(n)]
     inv = tmp_path / "inventory.yaml"
     inv.write_text(_inventory(port, users))
     apply_file(pg_dsn, str(inv))
@@ -97,7 +74,6 @@ def test_enforce_throughput_and_latency_with_ten_nas(pg_dsn, broker, topic_prefi
         "ISPSTREAM_TOPIC_PREFIX": topic_prefix,
         "ISPSTREAM_ENFORCE_RECOVERY_DIR": str(tmp_path / "recovery"),
         "ISPSTREAM_SNAPSHOT_INTERVAL_S": "2",
-        "ISPSTREAM_KAFKA_CONFIG": os.environ.get("ISPSTREAM_ENFORCE_BENCH_KAFKA_CONFIG", "{}"),
     }
     producer = Producer(producer_config(broker.bootstrap, None, **{"linger.ms": 5}))
     now = int(time.time())
@@ -111,92 +87,52 @@ def test_enforce_throughput_and_latency_with_ten_nas(pg_dsn, broker, topic_prefi
     assert producer.flush(30) == 0
     flow = Proc("enforce", ["flow", "enforce"], env, tmp_path)
     try:
-        # the sessions are in the flow's state once a probe action reaches the last one
+        # the sessions are in the flow's state once a probe action has been consumed
+        # (accounting and actions are read in parallel: give the Starts a head start)
+        time.sleep(3)
         probe = ActionEvent(intent_id="probe", tenant_id="acme", username=users[-1],
                             kind="notify", source="operator", reason="probe", at=time.time())
-        time.sleep(3)
         producer.produce(topic_prefix + topics.ACTIONS, key=f"acme/{users[-1]}",
                          value=probe.model_dump_json())
         producer.flush(10)
-
-        def count_final(prefix: str) -> int:
-            with psycopg.connect(pg_dsn) as conn:
-                return conn.execute("SELECT count(*) FROM action_attempts WHERE state <> "
-                                    "'sending' AND intent_id LIKE %s", (prefix + "%",)
-                                    ).fetchone()[0]
-
-        wait_until(lambda: _count_actions(pg_dsn) >= 1, 120, "the flow to catch up")
+        wait_until(lambda: _rows(pg_dsn, "SELECT 1 FROM actions WHERE intent_id = 'probe'"),
+                   120, "the flow to catch up")
         time.sleep(2)
 
-        def throttle(prefix: str, u: str) -> None:
-            a = ActionEvent(intent_id=f"{prefix}{u}", tenant_id="acme", username=u,
-                            kind="throttle", rate="2M/2M", source="operator", reason="bench",
-                            at=time.time())
+        for u in users:
+            a = ActionEvent(intent_id=f"b-{u}", tenant_id="acme", username=u, kind="throttle",
+                            rate="2M/2M", source="operator", reason="test", at=time.time())
             producer.produce(topic_prefix + topics.ACTIONS, key=f"acme/{u}",
                              value=a.model_dump_json())
-
-        # 1. burst: exchanges per second
-        cpu0 = _cpu_s(flow.popen.pid)
-        nas_cpu0 = _cpu_s(nas.proc.pid)
-        pg_cpu0 = _backends_cpu_s(pg_dsn)
-        idle0 = _machine_idle()
-        t0 = time.monotonic()
-        for u in users[:n]:
-            throttle("b-", u)
         producer.flush(30)
-        wait_until(lambda: count_final("b-") >= n, 300, "the burst", every=0.05)
-        burst_s = time.monotonic() - t0
-        burst_cpu = _cpu_s(flow.popen.pid) - cpu0
-        nas_cpu = _cpu_s(nas.proc.pid) - nas_cpu0
-        pg_cpu = _backends_cpu_s(pg_dsn) - pg_cpu0
-        idle1 = _machine_idle()
-        busy = 1 - (idle1[0] - idle0[0]) / max(1, idle1[1] - idle0[1])
 
-        # 2. steady: latency from the action's time to the answer being recorded
-        t1 = time.monotonic()
-        for i, u in enumerate(users[n:]):
-            target = t1 + i / rate
-            delay = target - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            throttle("s-", u)
-            producer.poll(0)
-        producer.flush(30)
-        wait_until(lambda: count_final("s-") >= n, 300, "the steady phase", every=0.2)
-        with psycopg.connect(pg_dsn) as conn:
-            rows = conn.execute(
-                "SELECT extract(epoch FROM x.answered_at - a.at), "
-                "extract(epoch FROM x.created_at - a.at) FROM action_attempts x "
-                "JOIN actions a USING (tenant_id, intent_id) WHERE x.intent_id LIKE 's-%'"
-            ).fetchall()
-            lat = [float(x) for x, _ in rows]
-            to_intent = [float(y) for _, y in rows]
-            states = dict(conn.execute("SELECT state, count(*) FROM action_attempts "
-                                       "GROUP BY state").fetchall())
+        def final():
+            return _rows(pg_dsn, "SELECT count(*) FROM action_attempts WHERE state <> "
+                         "'sending'")[0][0]
+
+        wait_until(lambda: final() >= n, 300, "every attempt answered", every=0.2)
+        time.sleep(1)  # anything sent twice would have arrived by now
+        states = dict(_rows(pg_dsn, "SELECT state, count(*) FROM action_attempts GROUP BY 1"))
+        actions = dict(_rows(pg_dsn, "SELECT state, count(*) FROM actions WHERE intent_id "
+                             "LIKE %s GROUP BY 1", "b-%"))
+        assert flow.alive(), flow.log()[-3000:]
     finally:
         flow.stop()
-    seen = len(nas.requests())
-    print(f"\nenforce flow, {N_NAS} NAS: burst of {n} throttles in {burst_s:.2f}s = "
-          f"{n / burst_s:.0f} exchanges/s ({burst_cpu / n * 1e6:.0f} µs of flow CPU each; "
-          f"cores used: flow {burst_cpu / burst_s:.2f}, its PostgreSQL backends "
-          f"{pg_cpu / burst_s:.2f}, FreeRADIUS {nas_cpu / burst_s:.2f}; machine {busy:.0%} "
-          f"busy of {os.cpu_count()} cores); steady {rate:.0f}/s: action -> answer recorded "
-          f"p50 {_pct(lat, 0.5) * 1000:.0f} ms, p99 {_pct(lat, 0.99) * 1000:.0f} ms, "
-          f"max {max(lat) * 1000:.0f} ms (to the intent recorded: p50 "
-          f"{_pct(to_intent, 0.5) * 1000:.0f} ms); NAS saw {seen} requests; attempts {states}")
-    assert states == {"ack": 2 * n}
-    assert seen == 2 * n  # no retransmission was needed, nothing sent twice
-    assert n / burst_s > 200 and _pct(lat, 0.99) < 5.0
-
-
-def _count_actions(dsn: str) -> int:
-    with psycopg.connect(dsn) as conn:
-        return conn.execute("SELECT count(*) FROM actions WHERE intent_id = 'probe'"
-                            ).fetchone()[0]
+    assert states == {"ack": n}
+    assert actions == {"done": n}
+    seen = nas.requests()
+    # one request per session, each at the NAS that holds it, none retransmitted
+    assert Counter(r.get("Acct-Session-Id") for r in seen) == {f"s{i}": 1 for i in range(n)}
+    for r in seen:
+        i = int(r.get("Acct-Session-Id")[1:])
+        assert r.address == f"127.0.0.{i % N_NAS + 1}:{port}"
+        assert (r.type, r.get("User-Name"), r.get("Mikrotik-Rate-Limit")) == (
+            "CoA-Request", users[i], "2M/2M")
 
 
 def test_coa_client_alone_against_ten_nas(coa_nas):
-    """The CoA client without the flow: a burst to 10 FreeRADIUS NAS (exchanges/s, RTT)."""
+    """The CoA client without the flow: a burst to 10 FreeRADIUS NAS, every request
+    ACKed, the NAS saw each exactly once (plus retransmissions, if any were needed)."""
     import asyncio
 
     from collectors.radius.coa import (
@@ -206,7 +142,7 @@ def test_coa_client_alone_against_ten_nas(coa_nas):
         event_timestamp_attribute,
     )
 
-    n = int(os.environ.get("ISPSTREAM_ENFORCE_BENCH_N", "3000")) * 2
+    n = _n() * 2
     port = free_udp_port()
     nas = coa_nas([(f"127.0.0.{i}", port, "ack") for i in range(1, N_NAS + 1)], secret=SECRET)
     enc = AttributeEncoder()
@@ -219,17 +155,15 @@ def test_coa_client_alone_against_ten_nas(coa_nas):
     async def main():
         client = CoaClient(timeout_s=1.0, retries=2)
         try:
-            t0 = time.perf_counter()
             res = await asyncio.gather(*(client.request(targets[k % N_NAS], "coa", attrs[k])
                                          for k in range(n)))
-            return res, time.perf_counter() - t0, client.stats
+            return res, client.stats
         finally:
             client.close()
 
-    res, secs, stats = asyncio.run(main())
-    rtts = [r.rtt_s for r in res if r.rtt_s is not None]
-    print(f"\nCoA client alone, {N_NAS} NAS: {n} exchanges in {secs:.2f}s = {n / secs:.0f}/s; "
-          f"RTT p50 {_pct(rtts, 0.5) * 1000:.0f} ms, p99 {_pct(rtts, 0.99) * 1000:.0f} ms; "
-          f"retransmits {stats.retransmits}")
+    res, stats = asyncio.run(main())
     assert all(r.outcome == "ack" for r in res)
-    assert len(nas.requests()) == n + stats.retransmits
+    seen = wait_until(lambda: (r := nas.requests()) and len(r) >= n + stats.retransmits and r,
+                      30, "every request logged by the NAS")
+    assert len(seen) == n + stats.retransmits
+    assert set(Counter(r.get("Acct-Session-Id") for r in seen)) == {f"s{k}" for k in range(n)}
