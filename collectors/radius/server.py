@@ -69,6 +69,8 @@ DRAIN_BATCH = 5_000
 DRAIN_RETRY_S = 1.0
 SPOOL_COMMIT_INTERVAL_S = 0.2
 SUMMARY_INTERVAL_S = 60.0
+SHUTDOWN_GRACE_S = 1.0  # then records still queued for Kafka are purged
+SHUTDOWN_MAX_S = 30.0
 MAX_NOTED_DROPS = 20  # drops logged individually per summary interval
 LINGER_MS = 1
 GC_THRESHOLD = 50_000  # allocations between young-generation collections
@@ -519,9 +521,15 @@ class Collector:
     def _shutdown(self) -> None:
         """Stop reading; settle what is in flight; answer what became durable."""
         log.info("stopping: settling %d request(s) in flight", len(self._inflight))
-        deadline = time.monotonic() + 30.0
-        while time.monotonic() < deadline and (self._produced or self._held
-                                                or self._drain or self._spool_waiters):
+        started = time.monotonic()
+        purged = False
+        while time.monotonic() - started < SHUTDOWN_MAX_S and (
+                self._produced or self._held or self._drain or self._spool_waiters):
+            if not purged and time.monotonic() - started > SHUTDOWN_GRACE_S:
+                # Records Kafka has not even been sent by now fail at once: requests go
+                # to the spool (and are answered), spooled records simply stay there.
+                self.producer.purge(in_queue=True, in_flight=False)
+                purged = True
             self.producer.poll(0.01)
             self._settle()
         self._settle()

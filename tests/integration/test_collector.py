@@ -494,10 +494,10 @@ def test_kafka_down_spools_then_drains_in_order(start_collector, nas_dsn, broker
     # 2. restarted, Kafka still down: the spool is not empty, so new records are spooled
     #    at once (no delivery timeout to wait for), after the old ones
     still_down = start_collector(nas_dsn, bootstrap=closed, spool_dir=spool_dir,
-                                 delivery_timeout_ms=800)
+                                 delivery_timeout_ms=8000)
     began = time.monotonic()
     assert len(radclient(still_down.port, packets(2), timeout=5)) == 3
-    assert time.monotonic() - began < 0.8 + 0.5
+    assert time.monotonic() - began < 4  # well under the delivery timeout
     assert still_down.metrics()["ispstream_radius_spool_depth"] == 10
     assert still_down.stop() == 0
 
@@ -519,6 +519,29 @@ def test_kafka_down_spools_then_drains_in_order(start_collector, nas_dsn, broker
     assert m['ispstream_radius_packets_total{result="acked"}'] == 3
     assert up.stop() == 0
     assert sum(p.stat().st_size for p in spool_dir.glob("*.seg")) == 0
+
+
+def test_sigterm_makes_queued_records_durable_then_exits(start_collector, nas_dsn,
+                                                         radius_dict, tmp_path):
+    closed = f"127.0.0.1:{free_port(socket.SOCK_STREAM)}"
+    collector = start_collector(nas_dsn, bootstrap=closed, spool_dir=tmp_path / "sp",
+                                delivery_timeout_ms=60_000)
+    packet = pyrad_packet(radius_dict, Acct_Status_Type="Start", Acct_Session_Id="t-1",
+                          NAS_IP_Address="127.0.0.1")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.sendto(packet, ("127.0.0.1", collector.port))
+        collector.wait_for(lambda: collector.metrics()["ispstream_radius_inflight"] == 1,
+                           what="the request to wait for Kafka")
+        collector.proc.send_signal(signal.SIGTERM)  # long before the delivery timeout
+        sock.settimeout(10)
+        reply = sock.recv(100)
+    assert reply[0] == 5 and reply[1] == packet[1]
+    assert collector.stop() == 0
+    spool = Spool(tmp_path / "sp")
+    assert [AcctEvent.model_validate_json(v).session_id for _, v, _ in spool.read(10)] \
+        == ["t-1"]
+    spool.close()
 
 
 # -- the shipped dictionary against FreeRADIUS's, through radclient ---------------------
@@ -656,6 +679,9 @@ class _FlakyProducer:
     def flush(self, timeout=0):
         self.poll()
         return 0
+
+    def purge(self, in_queue=True, in_flight=True):
+        pass
 
 
 def test_spool_mode_keeps_order_and_returns_to_kafka(radius_dict, tmp_path, monkeypatch):
