@@ -11,7 +11,9 @@ A. **Fault flow + PostgreSQL (measured).** A fresh database with ``--olts`` OLT 
    OLT, each OLT every ``--interval`` seconds of *event time*. At ``--speedup 1`` that is
    the real rate (1,000 x 128 / 300 s = 427 samples/s, 3.33 polls/s); ``--speedup S``
    produces S times as fast with event time advancing S times as fast (compressed
-   time: the same polls, the same per-OLT spacing of event time, S x the load). Measured
+   time: the same polls, the same per-OLT spacing of event time, S x the load). Before
+   the timed part every OLT is polled once, untimed (``--no-prewarm`` to skip), so the
+   timed polls meet known ONUs as in steady state. Measured
    over the ``--duration`` wall seconds of producing: the flow process's CPU (/proc, all
    threads), the CPU of the PostgreSQL backends connected to the bench database, the
    rows written (``pg_stat_user_tables``), the backlog (samples produced - samples
@@ -159,12 +161,21 @@ def run_flow(args, work: Path) -> dict:
         producer = Producer(producer_config(broker.bootstrap,
                                             **{"queue.buffering.max.kbytes": 512 * 1024}))
         wait_until(alive, 1, "the flow")
-        # wait for the flow to be up: its first (warm-up) poll stored
-        producer.produce(topic, key=f"{TENANT}/{olts[0]}", value=body(0, t_event0 - 600))
-        producer.flush(10)
-        wait_until(lambda: alive() and _samples_stored(dsn) >= args.onus, 180,
-                   "the flow's first write", every=0.5)
+        # warm-up, not timed: every OLT's previous poll (one interval earlier in event
+        # time), so the timed polls find their ONUs known (steady state, not first sight);
+        # --no-prewarm: only one poll, to see that the flow is up
+        warm_polls = args.olts if args.prewarm else 1
+        t_warm = time.monotonic()
+        for i in range(warm_polls):
+            producer.produce(topic, key=f"{TENANT}/{olts[i]}",
+                             value=body(i, t_event0 - args.interval + i * args.interval
+                                        / args.olts))
+            producer.poll(0)
+        producer.flush(60)
+        wait_until(lambda: alive() and _samples_stored(dsn) >= warm_polls * args.onus, 600,
+                   "the flow to store the warm-up polls", every=0.5)
         warm = _samples_stored(dsn)
+        warm_s = time.monotonic() - t_warm
 
         pg0_pids = _backend_pids(args.admin_dsn, db)
         pg0 = cpu_by_pid(pg0_pids)
@@ -265,7 +276,8 @@ def run_flow(args, work: Path) -> dict:
             "flow_cpu_s_incl_drain": round(f2 - f0, 2),
             "pg_cpu_s_incl_drain": round(cpu_delta(pg0, pg2), 2),
             "broker_low_watermarks_sum": lows, "broker_records": highs,
-            "broker_kept_everything": lows == 0 and highs == produced + 1,
+            "broker_kept_everything": lows == 0 and highs == produced + warm_polls,
+            "warmup_polls": warm_polls, "warmup_s": round(warm_s, 1),
             "alerts": alerts, "onus_rows": onus, "loadavg": loadavg(),
         }
     finally:
@@ -352,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--low-share", type=float, default=0.005,
                     help="share of ONUs below the Rx limit")
     ap.add_argument("--check-every", type=float, default=5.0)
+    ap.add_argument("--prewarm", action=argparse.BooleanOptionalAction, default=True,
+                    help="one untimed poll of every OLT first (steady state)")
     ap.add_argument("--drain-timeout", type=float, default=120.0)
     ap.add_argument("--probe-repeat", type=int, default=20)
     ap.add_argument("--sides", default="flow,collector")
