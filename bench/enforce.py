@@ -279,7 +279,7 @@ def _radclient_attrs(user: str, session: str, status: str, ts: int, down: int = 
     return "\n".join(f"{k} = {v}" for k, v in attrs) + "\n"
 
 
-def _read_results(bootstrap: str, topic: str) -> list[dict]:
+def _read_results(bootstrap: str, topic: str, with_ts: bool = False) -> list[dict]:
     """Every record on ``topic`` (all partitions, from the start, up to the end)."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
@@ -298,7 +298,10 @@ def _read_results(bootstrap: str, topic: str) -> list[dict]:
                 if m.error().code() == -191:  # _PARTITION_EOF
                     left.discard(m.partition())
                 continue
-            out.append(json.loads(m.value()))
+            rec = json.loads(m.value())
+            if with_ts:  # the producer's CreateTime (ms): when the flow produced it
+                rec["_produced_at"] = m.timestamp()[1] / 1000
+            out.append(rec)
         return out
     finally:
         c.close()
@@ -419,6 +422,10 @@ def run_latency(args, broker, tmp: Path) -> dict:
                      "WHERE a.kind = 'throttle'")
         results = [r for r in _read_results(broker.bootstrap, prefix + topics.ACTION_RESULTS)
                    if r.get("outcome") == "ack"]
+        produced = {}
+        for r in _read_results(broker.bootstrap, prefix + topics.ACTIONS, with_ts=True):
+            if r.get("kind") == "throttle":
+                produced.setdefault(r["username"], r["_produced_at"])
         seen = nas.requests()
         states: dict[str, int] = {}
         for r in rows:
@@ -449,6 +456,12 @@ def run_latency(args, broker, tmp: Path) -> dict:
             # drift: a flow that falls behind the load shows growing latencies
             "latency_first_tenth": _dist(lat_results[:max(1, len(lat_results) // 10)]),
             "latency_last_tenth": _dist(lat_results[-max(1, len(lat_results) // 10):]),
+            # split: usage flow (crossing sent -> action produced on `actions`) and
+            # enforce flow (action produced -> intent recorded -> ACK)
+            "latency_to_action_produced": _dist([produced[u] - sent_at[u] for u in crossers
+                                                 if u in produced]),
+            "latency_action_produced_to_ack": _dist([ack_at[u] - produced[u] for u in crossers
+                                                     if u in produced and u in ack_at]),
             "latency_to_intent_recorded": _dist(to_intent),
             "radclient_spawn_to_collector_ack": _dist(collector_ack),
             "background": bg_stats,
