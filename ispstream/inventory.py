@@ -104,6 +104,7 @@ from pydantic import (
 )
 
 from ispstream.db import connect
+from ispstream.rates import parse_rate
 from rating.money import GB
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,6 @@ Money = Annotated[_Dec, Field(ge=0, allow_inf_nan=False)]
 Multiplier = Annotated[_Dec, Field(ge=0, le=1, allow_inf_nan=False)]
 
 _TIME = re.compile(r"^(?:[01]\d|2[0-3]):[0-5]\d$")
-_THROTTLE = re.compile(r"^\d+(?:\.\d+)?[kKMG]?/\d+(?:\.\d+)?[kKMG]?$")
 
 
 @lru_cache(maxsize=1)
@@ -251,9 +251,7 @@ class AfterQuota(_Strict):
     @field_validator("throttle")
     @classmethod
     def _rate(cls, v: str | None) -> str | None:
-        if v is not None and not _THROTTLE.match(v):
-            raise ValueError("must be a rate limit like '2M/2M' (rx/tx, optional k/M/G)")
-        return v
+        return _rate_profile(v)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "AfterQuota":
@@ -263,10 +261,15 @@ class AfterQuota(_Strict):
 
 
 def _rate_profile(v: str | None) -> str | None:
-    if v is not None and not _THROTTLE.match(v):
-        raise ValueError("must be a rate limit like '2M/2M' or '512k/1M' (rx/tx, optional "
-                         "k/M/G)")
-    return v
+    # The same parser enforcement uses: what the inventory accepts is what a NAS gets.
+    if v is None:
+        return None
+    try:
+        return parse_rate(v, both=True).text
+    except ValueError as exc:
+        detail = "" if "is not upload/download" in str(exc) else f" ({exc})"
+        raise ValueError("must be a rate limit like '2M/2M' or '512k/1M' (upload/download, "
+                         f"each a number with an optional k, M or G){detail}") from None
 
 
 RateProfile = Annotated[str, AfterValidator(_rate_profile)]

@@ -15,65 +15,19 @@ from pathlib import Path
 
 import yaml
 
+from ispstream.rates import Rate, parse_rate  # noqa: F401 - re-exported
+
 DEFAULT_PATH = Path(__file__).with_name("radius_attributes.yaml")
 
 KINDS = ("throttle", "walled_garden")
 RATE_FIELDS = {"rate", "rate_name", "up_bps", "down_bps", "up_kbps", "down_kbps"}
 PLACEHOLDERS = {"throttle": RATE_FIELDS, "walled_garden": {"name"}}
 
-_HALF = r"(\d{1,12}(?:\.\d{1,6})?)([kKMG]?)"
-_RATE = re.compile(rf"^{_HALF}(?:/{_HALF})?$")
-_UNITS = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9}
 _ATTRIBUTE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
 
 
 class RadiusMappingError(ValueError):
     """The attribute mapping file is not valid."""
-
-
-@dataclass(frozen=True)
-class Rate:
-    """A rate profile ``upload/download`` (MikroTik's rx/tx order), e.g. ``2M/2M``."""
-
-    text: str
-    up_bps: int
-    down_bps: int
-
-    @property
-    def name(self) -> str:
-        """Name-safe: ``2M/2M`` -> ``2M_2M``, ``1.5M/1M`` -> ``1p5M_1M``."""
-        return self.text.replace("/", "_").replace(".", "p")
-
-    def fields(self) -> dict[str, str]:
-        """The template placeholders of this rate."""
-        return {"rate": self.text, "rate_name": self.name,
-                "up_bps": str(self.up_bps), "down_bps": str(self.down_bps),
-                "up_kbps": str(self.up_bps // 1000), "down_kbps": str(self.down_bps // 1000)}
-
-
-def _bps(number: str, unit: str) -> int:
-    whole, _, frac = number.partition(".")
-    scaled = (int(whole) * 10**len(frac) + int(frac or 0)) * _UNITS[unit]
-    bps, rem = divmod(scaled, 10**len(frac))
-    if rem:
-        raise ValueError(f"{number}{unit} is not a whole number of bit/s")
-    return bps
-
-
-def parse_rate(text: str, *, both: bool = False) -> Rate:
-    """``2M/2M``, ``512k/1M``, ``1.5M/750k`` (upload/download; k, M, G are 10^3, 10^6,
-    10^9 bit/s), or one figure for both directions unless ``both``; ValueError when it
-    is not one, or a direction is zero or not a whole number of bit/s."""
-    m = _RATE.match(text.strip())
-    if m is None or (both and m.group(3) is None):
-        raise ValueError(f"rate {text!r} is not upload/download like 2M/2M or 512k/4M "
-                         "(a number with an optional k, M or G each)")
-    up_n, up_u, down_n, down_u = m.groups()
-    up = _bps(up_n, up_u)
-    down = up if down_n is None else _bps(down_n, down_u)
-    if not up or not down:
-        raise ValueError(f"rate {text!r}: a direction is zero")
-    return Rate(text.strip(), up, down)
 
 
 Attributes = dict[str, list[str]]

@@ -8,13 +8,14 @@ values; ``collectors.radius.coa`` encodes them). Pure: no I/O besides reading th
 
 from __future__ import annotations
 
-import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import yaml
+
+from ispstream.rates import Rate, parse_rate  # noqa: F401 - re-exported
 
 VENDORS_FILE = Path(__file__).resolve().parent / "vendors.yaml"
 VENDORS = ("generic", "mikrotik", "cisco", "juniper", "huawei")
@@ -24,49 +25,8 @@ PLACEHOLDERS = frozenset({"rate", "rate_name", "up_bps", "down_bps", "up_kbps", 
 Op = Literal["throttle", "suspend", "disconnect", "resume"]
 RequestType = Literal["coa", "disconnect"]
 
-_RATE_PART = re.compile(r"^(\d+(?:\.\d+)?)([kKMG]?)$")
-_MULT = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9}
-
-
 class ProfileError(ValueError):
     """The vendor profiles file is invalid (names the vendor and the problem)."""
-
-
-@dataclass(frozen=True)
-class Rate:
-    """A rate profile: ``up_bps`` is what the NAS receives from the subscriber."""
-
-    text: str
-    up_bps: int
-    down_bps: int
-
-    @property
-    def name(self) -> str:
-        return self.text.replace("/", "_").replace(".", "p")
-
-
-def _bps(part: str) -> int:
-    m = _RATE_PART.match(part.strip())
-    if not m:
-        raise ValueError(f"bad rate {part!r}: expected a number with optional k/M/G")
-    number, unit = m.groups()
-    whole, _, frac = number.partition(".")
-    # exact decimal arithmetic: "1.5M" is 1,500,000 bit/s, never 1499999
-    scaled = (int(whole) * 10**len(frac) + int(frac or 0)) * _MULT[unit]
-    bps, rem = divmod(scaled, 10**len(frac))
-    if rem:
-        raise ValueError(f"bad rate {part!r}: not a whole number of bit/s")
-    return bps
-
-
-def parse_rate(text: str) -> Rate:
-    """``"2M/2M"``, ``"512k/1M"``, ``"10M"`` (both directions) -> bit/s per direction."""
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError("empty rate")
-    rx, sep, tx = text.strip().partition("/")
-    up = _bps(rx)
-    down = _bps(tx) if sep else up
-    return Rate(text.strip(), up, down)
 
 
 @dataclass(frozen=True)
