@@ -13,7 +13,7 @@ latency = SSE frame received (monotonic clock of this process) - the moment the 
 caused it was handed to the Kafka producer (same clock). Reported: p50/p90/p99/max per
 event kind and overall, events missing after ``--grace`` seconds, unexpected events.
 
-    .venv/bin/python -m bench.detection_latency [--probes 200 --rate 4 --every 2 --hold 4]
+    .venv/bin/python -m bench.detection_latency [--probes 200 --rate 4 --every 2 --hold 3]
 """
 
 from __future__ import annotations
@@ -157,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--onus", type=int, default=128)
     ap.add_argument("--rate", type=float, default=4.0, help="OLT polls per second")
     ap.add_argument("--every", type=int, default=2, help="a new probe every N polls")
-    ap.add_argument("--hold", type=int, default=4, help="polls a probe ONU stays low")
+    ap.add_argument("--hold", type=int, default=3,
+                    help="polls a probe ONU stays low (odd with --every 2: opens and clears "
+                         "come from different polls)")
     ap.add_argument("--base-rx", type=float, default=-25.0)
     ap.add_argument("--low-rx", type=float, default=-27.5)
     ap.add_argument("--warmup", type=int, default=20, help="normal polls before the probes")
