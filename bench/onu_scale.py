@@ -13,7 +13,8 @@ A. **Fault flow + PostgreSQL (measured).** A fresh database with ``--olts`` OLT 
    produces S times as fast with event time advancing S times as fast (compressed
    time: the same polls, the same per-OLT spacing of event time, S x the load). Before
    the timed part every OLT is polled once, untimed (``--no-prewarm`` to skip), so the
-   timed polls meet known ONUs as in steady state. Measured
+   timed polls meet known ONUs as in steady state; the flow's idle CPU is measured
+   for ``--idle`` seconds after it. Measured
    over the ``--duration`` wall seconds of producing: the flow process's CPU (/proc, all
    threads), the CPU of the PostgreSQL backends connected to the bench database, the
    rows written (``pg_stat_user_tables``), the backlog (samples produced - samples
@@ -176,6 +177,18 @@ def run_flow(args, work: Path) -> dict:
                    "the flow to store the warm-up polls", every=0.5)
         warm = _samples_stored(dsn)
         warm_s = time.monotonic() - t_warm
+        # let the flow finish the warm-up (rollups, alerts) and PostgreSQL's table
+        # statistics catch up (they are flushed about once a second): the write counters
+        # must be still for 3 s; then the flow's idle CPU over --idle seconds
+        last, still = None, time.monotonic()
+        while time.monotonic() - still < 3 and time.monotonic() - t_warm < 600:
+            now_w = _table_writes(dsn)
+            if now_w != last:
+                last, still = now_w, time.monotonic()
+            time.sleep(0.5)
+        i0, ti0 = cpu_seconds(flow.pid), time.monotonic()
+        time.sleep(args.idle)
+        idle_share = (cpu_seconds(flow.pid) - i0) / (time.monotonic() - ti0)
 
         pg0_pids = _backend_pids(args.admin_dsn, db)
         pg0 = cpu_by_pid(pg0_pids)
@@ -278,6 +291,7 @@ def run_flow(args, work: Path) -> dict:
             "broker_low_watermarks_sum": lows, "broker_records": highs,
             "broker_kept_everything": lows == 0 and highs == produced + warm_polls,
             "warmup_polls": warm_polls, "warmup_s": round(warm_s, 1),
+            "flow_idle_cpu_share": round(idle_share, 4),
             "alerts": alerts, "onus_rows": onus, "loadavg": loadavg(),
         }
     finally:
@@ -364,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--low-share", type=float, default=0.005,
                     help="share of ONUs below the Rx limit")
     ap.add_argument("--check-every", type=float, default=5.0)
+    ap.add_argument("--idle", type=float, default=10.0,
+                    help="seconds of the flow's idle CPU measured before the timed part")
     ap.add_argument("--prewarm", action=argparse.BooleanOptionalAction, default=True,
                     help="one untimed poll of every OLT first (steady state)")
     ap.add_argument("--drain-timeout", type=float, default=120.0)
