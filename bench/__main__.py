@@ -12,6 +12,8 @@ import sys
 
 BENCHES = [
     "bench.collector",
+    "bench.flow",
+    "bench.latency",
     "bench.snmp_poller",
     "bench.detection_latency",
     "bench.onu_scale",
