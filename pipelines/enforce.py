@@ -31,7 +31,7 @@ from functools import partial
 from typing import Callable
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulLogic
@@ -52,25 +52,14 @@ from pipelines.enforce_rules import (
     with_enforced,
 )
 from pipelines.enforce_sink import EnforceCatalog, EnforceSink, load_enforced
-from pipelines.runtime import input_config, run
+from pipelines.runtime import (consumer_error_letter, dead_letter, dead_letter_message,
+                               input_config, run)
 
 log = logging.getLogger(__name__)
 STAGE = "flow.enforce"
 
 
 # --- pure step functions --------------------------------------------------------------------
-
-def _dead_letter(topic: str, partition, offset, key, value, reason: str) -> DeadLetter:
-    return DeadLetter(
-        source_topic=topic,
-        partition=partition,
-        offset=offset,
-        key=key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
-        value=value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value),
-        reason=reason,
-        stage=STAGE,
-        at=time.time(),
-    )
 
 
 def _check_action(a: ActionEvent) -> None:
@@ -96,8 +85,8 @@ def parse_message(models: dict[str, type[BaseModel]], msg: KafkaSourceMessage):
         return ev
     except (ValidationError, ValueError) as exc:
         reason = exc.errors(include_url=False) if isinstance(exc, ValidationError) else str(exc)
-        return _dead_letter(topic, msg.partition, msg.offset, msg.key, msg.value,
-                            f"invalid {model.__name__ if model else 'message'}: {reason}")
+        what = model.__name__ if model else "message"
+        return dead_letter(STAGE, msg, f"invalid {what}: {reason}")
 
 
 # Answers that change nothing in a subscriber's state, recognised without parsing (our
@@ -114,12 +103,6 @@ def needs_parsing(results_topic: str, msg: KafkaSourceMessage) -> bool:
         return True
     v = msg.value
     return not any(all(p in v for p in pattern) for pattern in _INERT_RESULTS)
-
-
-def kafka_error_letter(err) -> DeadLetter:
-    m = err.msg
-    return _dead_letter(m.topic or "", m.partition, m.offset, m.key, m.value,
-                        f"kafka consumer error: {err.err}")
 
 
 def is_event(x) -> bool:
@@ -159,8 +142,6 @@ def value_of(kv):
     return kv[1]
 
 
-def dead_letter_message(d: DeadLetter) -> KafkaSinkMessage:
-    return KafkaSinkMessage(key=(d.key or "").encode(), value=d.model_dump_json().encode())
 
 
 # --- the per-subscriber step -----------------------------------------------------------------
@@ -287,7 +268,7 @@ def build_flow(
     valid = op.branch("valid", parsed, is_event)
     # trues: events; falses: DeadLetter
     dead = op.merge("dead", valid.falses, op.map("consumer_errors", inp.errs,
-                                                  kafka_error_letter))
+                                                  partial(consumer_error_letter, STAGE)))
     # DeadLetter
     acct = op.branch("is_acct", valid.trues, is_acct)
     # trues: AcctEvent; falses: ActionEvent | ActionResult

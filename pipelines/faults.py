@@ -28,7 +28,6 @@ upsert to a natural key.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 
 from functools import partial
@@ -61,7 +60,8 @@ from pipelines.fault_rules import (
     OltState,
     OnuSample,
 )
-from pipelines.runtime import input_config, run
+from pipelines.runtime import (consumer_error_letter, dead_letter, dead_letter_message,
+                               input_config, run)
 from pipelines.sinks import PipelinedDbSink
 from pipelines.telemetry_catalog import TelemetryCatalog
 
@@ -74,18 +74,6 @@ DEFAULT_HOLD_S = 10.0  # per-ONU announcements wait this long (channel config ho
 
 
 # --- parsing --------------------------------------------------------------------------
-
-def _dead_letter(topic: str, partition, offset, key, value, reason: str) -> DeadLetter:
-    return DeadLetter(
-        source_topic=topic,
-        partition=partition,
-        offset=offset,
-        key=key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
-        value=value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value),
-        reason=reason,
-        stage=STAGE,
-        at=time.time(),
-    )
 
 
 def _check(ev: BaseModel) -> None:
@@ -112,14 +100,8 @@ def parse_message(models: dict[str, type[BaseModel]], msg: KafkaSourceMessage):
         return ev
     except (ValidationError, ValueError) as exc:
         reason = exc.errors(include_url=False) if isinstance(exc, ValidationError) else str(exc)
-        return _dead_letter(topic, msg.partition, msg.offset, msg.key, msg.value,
-                            f"invalid {model.__name__ if model else 'message'}: {reason}")
-
-
-def kafka_error_letter(err) -> DeadLetter:
-    m = err.msg
-    return _dead_letter(m.topic or "", m.partition, m.offset, m.key, m.value,
-                        f"kafka consumer error: {err.err}")
+        what = model.__name__ if model else "message"
+        return dead_letter(STAGE, msg, f"invalid {what}: {reason}")
 
 
 def is_event(x) -> bool:
@@ -213,8 +195,6 @@ def alert_message(r: AlertRecord) -> KafkaSinkMessage:
                             value=ev.model_dump_json().encode())
 
 
-def dead_letter_message(d: DeadLetter) -> KafkaSinkMessage:
-    return KafkaSinkMessage(key=(d.key or "").encode(), value=d.model_dump_json().encode())
 
 
 # --- database --------------------------------------------------------------------------
@@ -559,7 +539,7 @@ def build_flow(
     valid = op.branch("valid", parsed, is_event)
     # trues: events; falses: DeadLetter
     dead = op.merge("dead", valid.falses, op.map("consumer_errors", inp.errs,
-                                                  kafka_error_letter))
+                                                  partial(consumer_error_letter, STAGE)))
     # DeadLetter
     optics = op.branch("is_optics", valid.trues, is_optics)
     # trues: OnuOpticalPoll | ONU TrapEvent; falses: IfStatsPoll | TrapEvent | DeviceStatus

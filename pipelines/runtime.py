@@ -1,14 +1,18 @@
-"""What every dataflow process shares: Kafka input settings and running with recovery."""
+"""What every dataflow process shares: Kafka input settings, dead letters, and running
+with recovery."""
 
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from pathlib import Path
 
+from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSourceMessage
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
+from ispstream.contracts import DeadLetter
 from ispstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,3 +47,29 @@ def run(flow: Dataflow, settings: Settings, recovery_dir: Path, workers: int) ->
              epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
              recovery_config=recovery_config(recovery_dir, settings.recovery_partitions))
     return 0
+
+
+def dead_letter(stage: str, msg: KafkaSourceMessage, reason: str,
+                topic: str | None = None) -> DeadLetter:
+    """A Kafka record a flow cannot process, with the reason and where it came from."""
+    key, value = msg.key, msg.value
+    return DeadLetter(
+        source_topic=topic if topic is not None else (msg.topic or ""),
+        partition=msg.partition,
+        offset=msg.offset,
+        key=key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
+        value=value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value),
+        reason=reason,
+        stage=stage,
+        at=time.time(),
+    )
+
+
+def consumer_error_letter(stage: str, err: KafkaError) -> DeadLetter:
+    """An error of the Kafka source (with the record it concerns) as a dead letter."""
+    return dead_letter(stage, err.msg, f"kafka consumer error: {err.err}")
+
+
+def dead_letter_message(d: DeadLetter) -> KafkaSinkMessage:
+    """A dead letter as a ``deadletter`` topic message, keyed like its source record."""
+    return KafkaSinkMessage(key=(d.key or "").encode(), value=d.model_dump_json().encode())

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import json.encoder
 import logging
-import time
 import zlib
 from dataclasses import dataclass
 
@@ -38,7 +37,8 @@ from ispstream import topics
 from ispstream.contracts import AcctEvent, ActionEvent, DeadLetter
 from ispstream.settings import Settings
 from pipelines.catalog import Catalog
-from pipelines.runtime import input_config, run
+from pipelines.runtime import (consumer_error_letter, dead_letter, dead_letter_message,
+                               input_config, run)
 from pipelines.sinks import UsageDbSink
 from rating.policies import QuotaAction, rate_and_enforce
 from rating.sessions import AcctRecord, NasState, SessionDelta, event_time, total
@@ -68,19 +68,6 @@ def record_from_event(ev: AcctEvent) -> AcctRecord:
     )
 
 
-def _dead_letter(topic: str, partition, offset, key, value, reason: str) -> DeadLetter:
-    return DeadLetter(
-        source_topic=topic,
-        partition=partition,
-        offset=offset,
-        key=key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
-        value=value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value),
-        reason=reason,
-        stage=STAGE,
-        at=time.time(),
-    )
-
-
 def parse_message(msg: KafkaSourceMessage) -> AcctRecord | DeadLetter:
     """Validate one ``radius.acct`` message against the contract; bad ones become
     dead letters carrying the reason."""
@@ -90,15 +77,7 @@ def parse_message(msg: KafkaSourceMessage) -> AcctRecord | DeadLetter:
         return record_from_event(AcctEvent.model_validate_json(msg.value))
     except (ValidationError, ValueError) as exc:
         reason = exc.errors(include_url=False) if isinstance(exc, ValidationError) else str(exc)
-        return _dead_letter(msg.topic or "", msg.partition, msg.offset, msg.key, msg.value,
-                            f"invalid radius.acct record: {reason}")
-
-
-def kafka_error_letter(err) -> DeadLetter:
-    """A consumer error from the Kafka source, as a dead letter."""
-    m = err.msg
-    return _dead_letter(m.topic or "", m.partition, m.offset, m.key, m.value,
-                        f"kafka consumer error: {err.err}")
+        return dead_letter(STAGE, msg, f"invalid radius.acct record: {reason}")
 
 
 def is_record(x) -> bool:
@@ -220,8 +199,6 @@ def action_message(a: QuotaAction) -> KafkaSinkMessage:
                             value=ev.model_dump_json().encode())
 
 
-def dead_letter_message(d: DeadLetter) -> KafkaSinkMessage:
-    return KafkaSinkMessage(key=(d.key or "").encode(), value=d.model_dump_json().encode())
 
 
 # --- the dataflow ---------------------------------------------------------------------
@@ -249,7 +226,8 @@ def build_flow(
     # AcctRecord | DeadLetter
     valid = op.branch("valid", parsed, is_record)
     # trues: AcctRecord; falses: DeadLetter
-    consumer_errs = op.map("consumer_errors", inp.errs, kafka_error_letter)
+    consumer_errs = op.map("consumer_errors", inp.errs,
+                           partial(consumer_error_letter, STAGE))
     dead = op.merge("dead", valid.falses, consumer_errs)
     # DeadLetter
     by_nas = op.key_on("by_nas", valid.trues, nas_key)
