@@ -105,8 +105,11 @@ class Env:
         return p
 
     def settle(self) -> None:
-        """Let the running flow read what was just produced (it reads in well under 1 s)."""
-        time.sleep(2)
+        """Let the running flow read what was just produced (it reads in well under 1 s
+        on an idle machine). Topics are read in parallel, so nothing orders accounting
+        before an action produced after it; the flow leaves no trace of having read a
+        Start, so this waits rather than polls, with room for a loaded test machine."""
+        time.sleep(5)
 
     def produce(self, *events) -> None:
         for ev in events:
