@@ -173,21 +173,22 @@ def cycle(conn: psycopg.Connection, principal: Principal, username: str,
     )
 
 
-def encode_cursor(row: dict) -> str:
-    """An opaque cursor for the position after ``row``."""
-    raw = json.dumps([row["started_at"].isoformat(), row["nas_id"], row["session_id"]])
+def encode_keyset(at: datetime, *ids: str) -> str:
+    """An opaque page cursor for the position after the row with sort key (at, *ids)."""
+    raw = json.dumps([at.isoformat(), *ids])
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, str, str]:
-    """The sort key encoded by ``encode_cursor``; ``QueryError`` when it is not one."""
+def decode_keyset(cursor: str, ids: int) -> tuple:
+    """The sort key (aware datetime, then ``ids`` strings) of an ``encode_keyset`` cursor;
+    ``QueryError`` when it is not one."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        ts, nas_id, session_id = json.loads(raw)
-        at = datetime.fromisoformat(ts)
-        if at.tzinfo is None or not isinstance(nas_id, str) or not isinstance(session_id, str):
+        at_text, *rest = json.loads(raw)
+        at = datetime.fromisoformat(at_text)
+        if at.tzinfo is None or len(rest) != ids or not all(isinstance(x, str) for x in rest):
             raise ValueError
-        return at, nas_id, session_id
+        return (at, *rest)
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
         raise QueryError("cursor", "invalid cursor (use next_cursor from the previous page)") \
             from None
@@ -196,7 +197,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str, str]:
 def sessions(conn: psycopg.Connection, principal: Principal, *, username: str | None,
              open_: bool | None, limit: int, cursor: str | None) -> SessionPagePublic:
     """A page of sessions, newest first. Customers only ever see their own."""
-    after = decode_cursor(cursor) if cursor else None
+    after = decode_keyset(cursor, 2) if cursor else None
     if principal.role == "customer":
         if username is not None and username != principal.subscriber:
             return SessionPagePublic(items=[], next_cursor=None)
@@ -207,7 +208,8 @@ def sessions(conn: psycopg.Connection, principal: Principal, *, username: str | 
     rows = rows[:limit]
     return SessionPagePublic(
         items=[SessionPublic(**r) for r in rows],
-        next_cursor=encode_cursor(rows[-1]) if more else None,
+        next_cursor=encode_keyset(rows[-1]["started_at"], rows[-1]["nas_id"],
+                                  rows[-1]["session_id"]) if more else None,
     )
 
 
@@ -264,37 +266,17 @@ def request_action(conn: psycopg.Connection, principal: Principal, username: str
     return event
 
 
-def encode_action_cursor(row: dict) -> str:
-    """An opaque cursor for the position after action ``row``."""
-    raw = json.dumps([row["at"].isoformat(), row["intent_id"]])
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_action_cursor(cursor: str) -> tuple[datetime, str]:
-    """The sort key encoded by ``encode_action_cursor``; ``QueryError`` when not one."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at_text, intent_id = json.loads(raw)
-        at = datetime.fromisoformat(at_text)
-        if at.tzinfo is None or not isinstance(intent_id, str):
-            raise ValueError
-        return at, intent_id
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise QueryError("cursor", "invalid cursor (use next_cursor from the previous page)") \
-            from None
-
-
 def actions(conn: psycopg.Connection, principal: Principal, *, state: str | None,
             since: datetime | None, limit: int, cursor: str | None) -> ActionPagePublic:
     """A page of the tenant's actions, newest first."""
-    after = decode_action_cursor(cursor) if cursor else None
+    after = decode_keyset(cursor, 1) if cursor else None
     rows = queries.actions(conn, principal.tenant_id, state=state, since=since,
                            limit=limit + 1, after=after)
     more = len(rows) > limit
     rows = rows[:limit]
     return ActionPagePublic(
         items=[_action_public(r, principal) for r in rows],
-        next_cursor=encode_action_cursor(rows[-1]) if more else None,
+        next_cursor=encode_keyset(rows[-1]["at"], rows[-1]["intent_id"]) if more else None,
     )
 
 

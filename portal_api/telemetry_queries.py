@@ -10,9 +10,6 @@ Only core PostgreSQL is used, so the same queries run with or without TimescaleD
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -22,7 +19,7 @@ import psycopg
 from ispstream.apikeys import Principal
 from ispstream.contracts import AlertEvent
 from portal_api import queries
-from portal_api.services import NotFound, QueryError
+from portal_api.services import NotFound, decode_keyset, encode_keyset
 from portal_api.telemetry_models import (
     OLT_RX,
     ONU_RX,
@@ -88,31 +85,11 @@ def _alert_public(row: dict, principal: Principal) -> AlertPublic:
     return AlertPublic(**row)
 
 
-def encode_alert_cursor(row: dict) -> str:
-    """An opaque cursor for the position after alert ``row``."""
-    raw = json.dumps([row["opened_at"].isoformat(), row["alert_id"]])
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_alert_cursor(cursor: str) -> tuple[datetime, str]:
-    """The sort key encoded by ``encode_alert_cursor``; ``QueryError`` when not one."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at_text, alert_id = json.loads(raw)
-        at = datetime.fromisoformat(at_text)
-        if at.tzinfo is None or not isinstance(alert_id, str):
-            raise ValueError
-        return at, alert_id
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise QueryError("cursor", "invalid cursor (use next_cursor from the previous page)") \
-            from None
-
-
 def alerts_page(conn: psycopg.Connection, principal: Principal, *, states: tuple[str, ...],
                 min_severity: str | None, device: str | None, suppressed: bool | None,
                 limit: int, cursor: str | None) -> AlertPagePublic:
     """A page of the tenant's alerts, newest first (opened_at, alert_id descending)."""
-    after = decode_alert_cursor(cursor) if cursor else None
+    after = decode_keyset(cursor, 1) if cursor else None
     where = ["tenant_id = %(tenant)s", "state = ANY(%(states)s)"]
     params: dict[str, Any] = {"tenant": principal.tenant_id, "states": list(states),
                               "limit": limit + 1}
@@ -139,7 +116,8 @@ def alerts_page(conn: psycopg.Connection, principal: Principal, *, states: tuple
     more = len(rows) > limit
     rows = rows[:limit]
     return AlertPagePublic(items=[_alert_public(r, principal) for r in rows],
-                           next_cursor=encode_alert_cursor(rows[-1]) if more else None)
+                           next_cursor=encode_keyset(rows[-1]["opened_at"],
+                                                         rows[-1]["alert_id"]) if more else None)
 
 
 def _alert_row(conn: psycopg.Connection, tenant_id: str, alert_id: str, *,
