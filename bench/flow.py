@@ -32,7 +32,7 @@ from ispstream import topics
 from ispstream.db import migrate
 from ispstream.kafka import EmbeddedBroker, producer_config
 from ispstream.settings import Settings
-from pipelines.runtime import recovery_config
+from pipelines.runtime import run
 from pipelines.usage import build_flow
 
 PARTITIONS = 16
@@ -89,11 +89,7 @@ def run_usage(settings: Settings, expected_rows: int) -> float:
     """Run the usage flow to the end of the topic; return seconds until rows committed."""
     flow = build_flow(settings, tail=False)
     start = time.perf_counter()
-    from datetime import timedelta
-    cli_main(flow, workers_per_process=1,
-             epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
-             recovery_config=recovery_config(settings.recovery_dir,
-                                             settings.recovery_partitions))
+    run(flow, settings, settings.recovery_dir, workers=1)  # what `ispstream flow usage` runs
     elapsed = time.perf_counter() - start
     with psycopg.connect(settings.dsn()) as conn:
         rows = conn.execute("SELECT count(DISTINCT record_id) FROM usage_rated").fetchone()[0]

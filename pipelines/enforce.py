@@ -5,7 +5,7 @@ Run it with ``ispstream flow enforce`` (recovery on), or build it in a test with
 
 Shape of the stream, step by step::
 
-    radius.acct + actions + actions.results (Kafka)     KafkaSourceMessage
+    radius.acct + actions + actions.results (Kafka)     Message
     -> drop_inert_results                     minus answers that cannot close a session
     -> parse                                  AcctEvent | ActionEvent | ActionResult | DeadLetter
     -> by_nas_shard / nas_index (per NAS shard)  AcctEvent | NasReset (Accounting-On/Off)
@@ -31,11 +31,10 @@ from functools import partial
 from typing import Callable
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSourceMessage
-from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
+from confluent_kafka import Message
 from pydantic import BaseModel, ValidationError
 
 from collectors.radius.vendors import load_profiles, parse_rate
@@ -52,8 +51,8 @@ from pipelines.enforce_rules import (
     with_enforced,
 )
 from pipelines.enforce_sink import EnforceCatalog, EnforceSink, load_enforced
-from pipelines.runtime import (consumer_error_letter, dead_letter, dead_letter_message,
-                               input_config, run)
+from pipelines.runtime import (consumer_error_letter, dead_letter, dead_letter_output,
+                               kafka_input, run)
 
 log = logging.getLogger(__name__)
 STAGE = "flow.enforce"
@@ -69,17 +68,20 @@ def _check_action(a: ActionEvent) -> None:
         parse_rate(a.rate)
 
 
-def parse_message(models: dict[str, type[BaseModel]], msg: KafkaSourceMessage):
+def parse_message(models: dict[str, type[BaseModel]], msg: Message):
     """Validate a message of any of the three input topics against its contract; bad
     ones become dead letters carrying the reason."""
-    topic = msg.topic or ""
+    if msg.error() is not None:
+        return consumer_error_letter(STAGE, msg)
+    topic = msg.topic() or ""
     model = models.get(topic)
+    value = msg.value()
     try:
         if model is None:
             raise ValueError(f"unexpected topic {topic!r}")
-        if msg.value is None:
+        if value is None:
             raise ValueError("empty message value")
-        ev = model.model_validate_json(msg.value)
+        ev = model.model_validate_json(value)
         if isinstance(ev, ActionEvent):
             _check_action(ev)
         return ev
@@ -96,12 +98,12 @@ _INERT_RESULTS = ((b'"request":"coa"', b'"outcome":"ack"'), (b'"outcome":"timeou
                   (b'"outcome":"skipped"',))
 
 
-def needs_parsing(results_topic: str, msg: KafkaSourceMessage) -> bool:
+def needs_parsing(results_topic: str, msg: Message) -> bool:
     """False for ``actions.results`` messages that cannot close a session (most of them):
     only a NAK (Error-Cause 503) or an ACKed Disconnect does."""
-    if msg.topic != results_topic or not msg.value:
+    v = msg.value()
+    if not v or msg.topic() != results_topic:
         return True
-    v = msg.value
     return not any(all(p in v for p in pattern) for pattern in _INERT_RESULTS)
 
 
@@ -240,9 +242,6 @@ def build_flow(
     tail: bool = True,
 ) -> Dataflow:
     """Build the enforce dataflow from settings (tests may pass their own sink/clock)."""
-    brokers = settings.require_kafka().split(",")
-    kcfg = dict(settings.kafka_config)
-    in_cfg = input_config(settings)
     catalog = catalog or EnforceCatalog(settings.dsn(), settings.inventory_refresh_s)
     catalog.refresh()
     env = EnforceEnv(
@@ -257,19 +256,15 @@ def build_flow(
               settings.topic(topics.ACTION_RESULTS): ActionResult}
 
     flow = Dataflow("enforce")
-    inp = kop.input("enforce_in", flow, brokers=brokers, topics=list(models), tail=tail,
-                    add_config=in_cfg)
-    # KafkaSourceMessage (oks) | KafkaError (errs)
-    wanted = op.filter("drop_inert_results", inp.oks,
+    inp = kafka_input("enforce_in", flow, settings, list(models), tail)
+    # librdkafka Message
+    wanted = op.filter("drop_inert_results", inp,
                        partial(needs_parsing, settings.topic(topics.ACTION_RESULTS)))
-    # KafkaSourceMessage, minus answers that change no state
+    # Message, minus answers that change no state
     parsed = op.map("parse", wanted, partial(parse_message, models))
     # AcctEvent | ActionEvent | ActionResult | DeadLetter
     valid = op.branch("valid", parsed, is_event)
     # trues: events; falses: DeadLetter
-    dead = op.merge("dead", valid.falses, op.map("consumer_errors", inp.errs,
-                                                  partial(consumer_error_letter, STAGE)))
-    # DeadLetter
     acct = op.branch("is_acct", valid.trues, is_acct)
     # trues: AcctEvent; falses: ActionEvent | ActionResult
     by_nas = op.flat_map("by_nas_shard", acct.trues, shard_event)
@@ -283,8 +278,7 @@ def build_flow(
     decided = op.stateful("enforce", by_sub, partial(build_enforce_logic, env))
     # (tenant/username, Dispatch | ActionRecord)
     op.output("enforce_out", decided, sink or build_sink(settings, catalog))
-    kop.output("deadletter_out", op.map("dead_json", dead, dead_letter_message),
-               brokers=brokers, topic=settings.topic(topics.DEADLETTER), add_config=kcfg)
+    dead_letter_output(valid.falses, settings)
     return flow
 
 

@@ -5,7 +5,7 @@ the same process), or build it in a test with ``build_flow(settings, ...)``.
 
 Shape of the stream, step by step::
 
-    snmp.ifstats + snmp.traps + onu.optical + device.status (Kafka)   KafkaSourceMessage
+    snmp.ifstats + snmp.traps + onu.optical + device.status (Kafka)   Message
     -> parse                          IfStatsPoll | TrapEvent | OnuOpticalPoll | DeviceStatus
                                       | DeadLetter
     -> is_optics                      optics: OnuOpticalPoll, ONU traps (sent by the OLT)
@@ -34,10 +34,9 @@ from functools import partial
 
 import bytewax.operators as op
 import psycopg
-from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
-from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import Sink
+from confluent_kafka import Message
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ValidationError
 
@@ -60,8 +59,8 @@ from pipelines.fault_rules import (
     OltState,
     OnuSample,
 )
-from pipelines.runtime import (consumer_error_letter, dead_letter, dead_letter_message,
-                               input_config, run)
+from pipelines.runtime import (consumer_error_letter, dead_letter, dead_letter_output,
+                               kafka_input, kafka_output, run)
 from pipelines.sinks import PipelinedDbSink
 from pipelines.telemetry_catalog import TelemetryCatalog
 
@@ -85,17 +84,20 @@ def _check(ev: BaseModel) -> None:
             raise ValueError(f"{ev.kind} trap without an ifIndex")
 
 
-def parse_message(models: dict[str, type[BaseModel]], msg: KafkaSourceMessage):
+def parse_message(models: dict[str, type[BaseModel]], msg: Message):
     """Validate a message of any input topic against its contract; bad ones become
     dead letters carrying the reason."""
-    topic = msg.topic or ""
+    if msg.error() is not None:
+        return consumer_error_letter(STAGE, msg)
+    topic = msg.topic() or ""
     model = models.get(topic)
+    value = msg.value()
     try:
         if model is None:
             raise ValueError(f"unexpected topic {topic!r}")
-        if msg.value is None:
+        if value is None:
             raise ValueError("empty message value")
-        ev = model.model_validate_json(msg.value)
+        ev = model.model_validate_json(value)
         _check(ev)
         return ev
     except (ValidationError, ValueError) as exc:
@@ -189,10 +191,10 @@ def alert_record(catalog: TelemetryCatalog, c: AlertChange) -> tuple[str, AlertR
     return f"{c.tenant_id}/{c.key}", AlertRecord(ev, details, c.note, c.history, c.onu_level)
 
 
-def alert_message(r: AlertRecord) -> KafkaSinkMessage:
+def alert_kv(r: AlertRecord) -> tuple[bytes, bytes]:
+    """An alert as an ``alerts`` message (``AlertEvent``), keyed tenant/alert key."""
     ev = r.event
-    return KafkaSinkMessage(key=f"{ev.tenant_id}/{ev.key}".encode(),
-                            value=ev.model_dump_json().encode())
+    return f"{ev.tenant_id}/{ev.key}".encode(), ev.model_dump_json().encode()
 
 
 
@@ -519,8 +521,6 @@ def build_flow(
     tail: bool = True,
 ) -> Dataflow:
     """Build the fault dataflow from settings (tests may pass their own catalog/sink)."""
-    brokers = settings.require_kafka().split(",")
-    kcfg = dict(settings.kafka_config)
     catalog = catalog or TelemetryCatalog(settings.dsn(), settings.inventory_refresh_s)
     catalog.start()
     models: dict[str, type[BaseModel]] = {
@@ -531,16 +531,12 @@ def build_flow(
     }
 
     flow = Dataflow("faults")
-    inp = kop.input("faults_in", flow, brokers=brokers, topics=list(models), tail=tail,
-                    add_config=input_config(settings))
-    # KafkaSourceMessage (oks) | KafkaError (errs)
-    parsed = op.map("parse", inp.oks, partial(parse_message, models))
+    inp = kafka_input("faults_in", flow, settings, list(models), tail)
+    # librdkafka Message
+    parsed = op.map("parse", inp, partial(parse_message, models))
     # IfStatsPoll | TrapEvent | OnuOpticalPoll | DeviceStatus | DeadLetter
     valid = op.branch("valid", parsed, is_event)
     # trues: events; falses: DeadLetter
-    dead = op.merge("dead", valid.falses, op.map("consumer_errors", inp.errs,
-                                                  partial(consumer_error_letter, STAGE)))
-    # DeadLetter
     optics = op.branch("is_optics", valid.trues, is_optics)
     # trues: OnuOpticalPoll | ONU TrapEvent; falses: IfStatsPoll | TrapEvent | DeviceStatus
     by_device = op.key_on("by_device", optics.falses, device_key)
@@ -561,12 +557,9 @@ def build_flow(
     to_db = op.merge("to_db", is_alert.falses, alerts)
     # (key, row | AlertRecord)
     op.output("faults_db", to_db, db_sink or build_db_sink(settings))
-    kop.output("alerts_out", op.map("alert_json", op.map("unkey_records", alerts, value_of),
-                                    alert_message),
-               brokers=brokers, topic=settings.topic(topics.ALERTS), add_config=kcfg)
+    kafka_output("alerts_out", alerts, settings, topics.ALERTS, alert_kv)
     # AlertEvent JSON keyed tenant/key
-    kop.output("deadletter_out", op.map("dead_json", dead, dead_letter_message),
-               brokers=brokers, topic=settings.topic(topics.DEADLETTER), add_config=kcfg)
+    dead_letter_output(valid.falses, settings)
     return flow
 
 

@@ -217,7 +217,12 @@ class _PipelinedPartition(StatefulSinkPartition):
         return None
 
     def close(self) -> None:
-        self.snapshot()
+        # Bytewax also closes partitions while unwinding from a failure: raising again
+        # here would abort the process, so a failure is only reported.
+        try:
+            self.snapshot()
+        except RuntimeError:
+            log.error("closing the %s database writer after a failed write", self._name)
         with self._cv:
             self._closing = True
             self._cv.notify_all()

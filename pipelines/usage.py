@@ -5,8 +5,8 @@ Run it with ``ispstream flow usage`` (recovery on), or build it in a test with
 
 Shape of the stream, step by step::
 
-    radius.acct (Kafka)                      KafkaSourceMessage
-    -> parse                                 AcctRecord | DeadLetter
+    radius.acct (Kafka)                      librdkafka messages
+    -> parse                                 (tenant/nas, AcctRecord) | DeadLetter
     -> nas_clock (per NAS: route to shards, event-time ticks)
     -> sessions (state per NAS shard)        SessionDelta | SessionSnapshot
     -> by_subscriber / rate (per subscriber) RatedPiece | QuotaAction
@@ -18,30 +18,30 @@ Shape of the stream, step by step::
 
 from __future__ import annotations
 
-import json
 import json.encoder
 import logging
+import pickle
 import zlib
 from dataclasses import dataclass
-
 from functools import partial
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
-from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
+from confluent_kafka import Message
 from pydantic import ValidationError
 
 from ispstream import topics
 from ispstream.contracts import AcctEvent, ActionEvent, DeadLetter
 from ispstream.settings import Settings
 from pipelines.catalog import Catalog
-from pipelines.runtime import (consumer_error_letter, dead_letter, dead_letter_message,
-                               input_config, run)
+from pipelines.runtime import (consumer_error_letter, dead_letter, dead_letter_output,
+                               kafka_input, kafka_output, run)
 from pipelines.sinks import UsageDbSink
 from rating.policies import QuotaAction, rate_and_enforce
-from rating.sessions import AcctRecord, NasState, SessionDelta, event_time, total
+from rating.sessions import (AcctRecord, NasState, SessionDelta, event_time,
+                             positional_constructor, total)
 from rating.tariff import RatedPiece, SubscriberUsage
 
 log = logging.getLogger(__name__)
@@ -52,40 +52,35 @@ STAGE = "flow.usage"
 
 def record_from_event(ev: AcctEvent) -> AcctRecord:
     """Translate the collector's event into rating's input (64-bit totals, event time)."""
-    return AcctRecord(
-        tenant_id=ev.tenant_id,
-        nas_id=ev.nas_id,
-        session_id=ev.session_id,
-        status=ev.status,
-        username=ev.username,
-        event_time=event_time(ev.event_timestamp, ev.received_at, ev.delay_time),
-        upload=total(ev.input_octets, ev.input_gigawords),
-        download=total(ev.output_octets, ev.output_gigawords),
-        interim_interval=ev.interim_interval,
-        session_time=ev.session_time,
-        framed_ip=ev.framed_ip,
-        terminate_cause=ev.terminate_cause,
-    )
+    return _new_record(
+        ev.tenant_id, ev.nas_id, ev.session_id, ev.status, ev.username,
+        event_time(ev.event_timestamp, ev.received_at, ev.delay_time),
+        total(ev.input_octets, ev.input_gigawords),
+        total(ev.output_octets, ev.output_gigawords),
+        ev.interim_interval, ev.session_time, ev.framed_ip, ev.terminate_cause)
 
 
-def parse_message(msg: KafkaSourceMessage) -> AcctRecord | DeadLetter:
-    """Validate one ``radius.acct`` message against the contract; bad ones become
-    dead letters carrying the reason."""
+_new_record = positional_constructor(AcctRecord)
+
+
+def parse_message(msg: Message) -> tuple[str, AcctRecord] | DeadLetter:
+    """Validate one ``radius.acct`` message against the contract and key it by NAS; bad
+    ones (and consumer errors) become dead letters carrying the reason."""
+    if msg.error() is not None:
+        return consumer_error_letter(STAGE, msg)
+    value = msg.value()
     try:
-        if msg.value is None:
+        if value is None:
             raise ValueError("empty message value")
-        return record_from_event(AcctEvent.model_validate_json(msg.value))
+        rec = record_from_event(AcctEvent.model_validate_json(value))
     except (ValidationError, ValueError) as exc:
         reason = exc.errors(include_url=False) if isinstance(exc, ValidationError) else str(exc)
         return dead_letter(STAGE, msg, f"invalid radius.acct record: {reason}")
+    return f"{rec.tenant_id}/{rec.nas_id}", rec
 
 
-def is_record(x) -> bool:
-    return isinstance(x, AcctRecord)
-
-
-def is_keyed_delta(kv) -> bool:
-    return isinstance(kv[1], SessionDelta)
+def is_keyed(x) -> bool:
+    return type(x) is tuple
 
 
 NAS_WIDE = ("Accounting-On", "Accounting-Off")
@@ -97,14 +92,6 @@ class ClockTick:
     """The NAS's event-time clock reached ``at``: shards sweep for stale sessions."""
 
     at: int
-
-
-def nas_key(rec: AcctRecord) -> str:
-    return f"{rec.tenant_id}/{rec.nas_id}"
-
-
-def subscriber_key(delta: SessionDelta) -> str:
-    return f"{delta.tenant_id}/{delta.username or ''}"
 
 
 def route_to_shards(shards: int, clock: tuple[int, int] | None, rec: AcctRecord):
@@ -130,20 +117,76 @@ def route_to_shards(shards: int, clock: tuple[int, int] | None, rec: AcctRecord)
     return (watermark, last_tick), out
 
 
-def track_sessions(cfg: dict, state: NasState | None, item: AcctRecord | ClockTick):
-    """Per NAS shard: session state machine -> deltas and session snapshots."""
-    if isinstance(item, ClockTick):
-        return state, (state.sweep(item.at) if state is not None else [])
-    if state is None:
-        state = NasState(**cfg)
-    return state, state.apply(item)
+def _restore(resume):
+    """State from a snapshot: pickled bytes (see the logics' ``snapshot``), or the state
+    object itself as stores written by ``stateful_flat_map`` hold it."""
+    return pickle.loads(resume) if isinstance(resume, bytes) else resume
 
 
-def rate_delta(catalog: Catalog, state: SubscriberUsage | None, delta: SessionDelta):
+class NasClockLogic(StatefulBatchLogic):
+    """Per NAS: ``route_to_shards`` over a batch of records. State: the NAS's clock."""
+
+    def __init__(self, shards: int, resume) -> None:
+        self.shards = shards
+        self.clock = resume
+
+    def on_batch(self, recs: list[AcctRecord]):
+        out: list = []
+        clock, shards = self.clock, self.shards
+        for rec in recs:
+            clock, routed = route_to_shards(shards, clock, rec)
+            out.extend(routed)
+        self.clock = clock
+        return out, StatefulBatchLogic.RETAIN
+
+    def snapshot(self):
+        return self.clock  # an immutable tuple
+
+
+class SessionsLogic(StatefulBatchLogic):
+    """Per NAS shard: the session state machine (``NasState``) over a batch of records
+    and clock ticks -> deltas and session snapshots.
+
+    The snapshot is the state pickled once (Bytewax's generic operators deep-copy the
+    state and then pickle the copy, which cost more than the state machine itself).
+    """
+
+    def __init__(self, cfg: dict, resume) -> None:
+        self.cfg = cfg
+        self.state: NasState | None = _restore(resume)
+
+    def on_batch(self, items: list[AcctRecord | ClockTick]):
+        out: list = []
+        state = self.state
+        for item in items:
+            if type(item) is ClockTick:
+                if state is not None:
+                    out.extend(state.sweep(item.at))
+            else:
+                if state is None:
+                    state = self.state = NasState(**self.cfg)
+                out.extend(state.apply(item))
+        return out, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.state, pickle.HIGHEST_PROTOCOL)
+
+
+def by_subscriber(kv):
+    """Re-key a session delta by subscriber (rating's key); snapshots keep their key."""
+    item = kv[1]
+    if type(item) is SessionDelta:
+        return f"{item.tenant_id}/{item.username or ''}", item
+    return kv
+
+
+def is_keyed_delta(kv) -> bool:
+    return type(kv[1]) is SessionDelta
+
+
+def rate_delta(catalog: Catalog, state: SubscriberUsage, delta: SessionDelta) -> list:
     """Per subscriber: rate one delta against the subscriber's current tariff; the quota
     actions its pieces cause (thresholds reached, resumes) follow the pieces."""
-    if state is None:
-        state = SubscriberUsage()
     pieces, actions = rate_and_enforce(state, delta,
                                        catalog.tariff(delta.tenant_id, delta.username))
     if actions:
@@ -151,7 +194,26 @@ def rate_delta(catalog: Catalog, state: SubscriberUsage | None, delta: SessionDe
             log.info("quota action %s %s for %s/%s: %s (intent %s)", a.kind,
                      a.threshold_pct or "", a.tenant_id, a.username, a.reason, a.intent_id)
         pieces.extend(actions)
-    return state, pieces
+    return pieces
+
+
+class RateLogic(StatefulBatchLogic):
+    """Per subscriber: ``rate_delta`` over a batch of deltas. State: ``SubscriberUsage``,
+    snapshotted pickled once (as ``SessionsLogic``)."""
+
+    def __init__(self, catalog: Catalog, resume) -> None:
+        self.catalog = catalog
+        self.state: SubscriberUsage = _restore(resume) or SubscriberUsage()
+
+    def on_batch(self, deltas: list[SessionDelta]):
+        out: list = []
+        catalog, state = self.catalog, self.state
+        for d in deltas:
+            out.extend(rate_delta(catalog, state, d))
+        return out, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.state, pickle.HIGHEST_PROTOCOL)
 
 
 def is_keyed_action(kv) -> bool:
@@ -183,22 +245,18 @@ def rated_body(p: RatedPiece) -> str:
         f'"flags":[{flags}]}}')
 
 
-def rated_message(p: RatedPiece) -> KafkaSinkMessage:
-    """A rated piece as a ``usage.rated`` message keyed by subscriber."""
-    return KafkaSinkMessage(key=f"{p.tenant_id}/{p.username}".encode(),
-                            value=rated_body(p).encode())
+def rated_kv(p: RatedPiece) -> tuple[bytes, bytes]:
+    """A rated piece as a ``usage.rated`` message (key, value), keyed by subscriber."""
+    return f"{p.tenant_id}/{p.username}".encode(), rated_body(p).encode()
 
 
-def action_message(a: QuotaAction) -> KafkaSinkMessage:
+def action_kv(a: QuotaAction) -> tuple[bytes, bytes]:
     """A quota action as an ``actions`` message (``ActionEvent``) keyed by subscriber."""
     ev = ActionEvent(intent_id=a.intent_id, tenant_id=a.tenant_id, username=a.username,
                      kind=a.kind, rate=a.rate, source=a.source, reason=a.reason,
                      threshold_pct=a.threshold_pct, cycle_start=a.cycle_start.isoformat(),
                      cycle_end=a.cycle_end.isoformat(), at=a.at)
-    return KafkaSinkMessage(key=f"{a.tenant_id}/{a.username}".encode(),
-                            value=ev.model_dump_json().encode())
-
-
+    return f"{a.tenant_id}/{a.username}".encode(), ev.model_dump_json().encode()
 
 
 # --- the dataflow ---------------------------------------------------------------------
@@ -211,59 +269,39 @@ def build_flow(
     tail: bool = True,
 ) -> Dataflow:
     """Build the usage dataflow from settings (tests may pass their own catalog/sink)."""
-    brokers = settings.require_kafka().split(",")
-    kcfg = dict(settings.kafka_config)
     catalog = catalog or Catalog(settings.dsn(), settings.inventory_refresh_s)
     catalog.start()
     session_cfg = {"default_interim_interval": settings.default_interim_interval_s,
                    "stale_factor": settings.stale_factor}
 
     flow = Dataflow("usage")
-    inp = kop.input("acct_in", flow, brokers=brokers, topics=[settings.topic(topics.RADIUS_ACCT)],
-                    tail=tail, add_config=input_config(settings))
-    # KafkaSourceMessage (oks) | KafkaError (errs)
-    parsed = op.map("parse", inp.oks, parse_message)
-    # AcctRecord | DeadLetter
-    valid = op.branch("valid", parsed, is_record)
-    # trues: AcctRecord; falses: DeadLetter
-    consumer_errs = op.map("consumer_errors", inp.errs,
-                           partial(consumer_error_letter, STAGE))
-    dead = op.merge("dead", valid.falses, consumer_errs)
-    # DeadLetter
-    by_nas = op.key_on("by_nas", valid.trues, nas_key)
-    # (tenant/nas, AcctRecord)
-    routed = op.stateful_flat_map("nas_clock", by_nas,
-                                  partial(route_to_shards, settings.session_shards))
+    inp = kafka_input("acct_in", flow, settings, [settings.topic(topics.RADIUS_ACCT)], tail)
+    # librdkafka Message
+    parsed = op.map("parse", inp, parse_message)
+    # (tenant/nas, AcctRecord) | DeadLetter
+    valid = op.branch("valid", parsed, is_keyed)
+    # trues: (tenant/nas, AcctRecord); falses: DeadLetter
+    routed = op.stateful_batch("nas_clock", valid.trues,
+                               partial(NasClockLogic, settings.session_shards))
     # (tenant/nas, (tenant/nas/shard, AcctRecord | ClockTick))
     by_shard = op.map("by_shard", routed, value_of)
     # (tenant/nas/shard, AcctRecord | ClockTick); On/Off and ticks go to every shard
-    session_out = op.stateful_flat_map("sessions", by_shard,
-                                       partial(track_sessions, session_cfg))
+    session_out = op.stateful_batch("sessions", by_shard, partial(SessionsLogic, session_cfg))
     # (tenant/nas/shard, SessionDelta | SessionSnapshot)
-    split = op.branch("is_delta", session_out, is_keyed_delta)
-    # trues: (key, SessionDelta); falses: (key, SessionSnapshot)
-    by_sub = op.key_on("by_subscriber", op.map("unkey_deltas", split.trues, value_of),
-                       subscriber_key)
-    # (tenant/username, SessionDelta)
-    rate_out = op.stateful_flat_map("rate", by_sub, partial(rate_delta, catalog))
+    split = op.branch("is_delta", op.map("by_subscriber", session_out, by_subscriber),
+                      is_keyed_delta)
+    # trues: (tenant/username, SessionDelta); falses: (tenant/nas/shard, SessionSnapshot)
+    rate_out = op.stateful_batch("rate", split.trues, partial(RateLogic, catalog))
     # (tenant/username, RatedPiece | QuotaAction)
     is_action = op.branch("is_action", rate_out, is_keyed_action)
     # trues: (tenant/username, QuotaAction); falses: (tenant/username, RatedPiece)
-    rated_keyed = is_action.falses
-    to_db = op.merge("to_db", rated_keyed, split.falses)
-    # (key, RatedPiece | SessionSnapshot)
-    op.output("usage_db", to_db,
+    op.output("usage_db", op.merge("to_db", is_action.falses, split.falses),
               db_sink or UsageDbSink(settings.dsn(), partitions=settings.db_writers))
-    rated = op.map("unkey_rated", rated_keyed, value_of)
-    # RatedPiece
-    kop.output("usage_rated_out", op.map("rated_json", rated, rated_message), brokers=brokers,
-               topic=settings.topic(topics.USAGE_RATED), add_config=kcfg)
-    actions = op.map("unkey_actions", is_action.trues, value_of)
-    # QuotaAction (not to the database: the enforcer records what it receives)
-    kop.output("actions_out", op.map("action_json", actions, action_message),
-               brokers=brokers, topic=settings.topic(topics.ACTIONS), add_config=kcfg)
-    kop.output("deadletter_out", op.map("dead_json", dead, dead_letter_message),
-               brokers=brokers, topic=settings.topic(topics.DEADLETTER), add_config=kcfg)
+    # rated pieces + session snapshots, one transaction per batch
+    kafka_output("usage_rated_out", is_action.falses, settings, topics.USAGE_RATED, rated_kv)
+    # actions go to Kafka only: the enforcer records what it receives
+    kafka_output("actions_out", is_action.trues, settings, topics.ACTIONS, action_kv)
+    dead_letter_output(valid.falses, settings)
     return flow
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from bytewax.connectors.kafka import KafkaSourceMessage
+from confluent_kafka import Message
 
 from ispstream.contracts import AcctEvent, ActionEvent, ActionResult, DeadLetter
 from pipelines.enforce import (
@@ -22,9 +22,9 @@ MODELS = {"p.radius.acct": AcctEvent, "p.actions": ActionEvent, "p.actions.resul
 T0 = 1_700_000_000
 
 
-def msg(topic: str, value) -> KafkaSourceMessage:
+def msg(topic: str, value) -> Message:
     raw = value if isinstance(value, bytes) else json.dumps(value).encode()
-    return KafkaSourceMessage(key=b"k", value=raw, topic=topic, partition=1, offset=7)
+    return Message(key=b"k", value=raw, topic=topic, partition=1, offset=7)
 
 
 def result(**kw) -> bytes:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from bytewax.connectors.kafka import KafkaSourceMessage
+from confluent_kafka import Message
 
 from ispstream.contracts import DeadLetter, DeviceStatus, IfStatsPoll, OnuOpticalPoll, TrapEvent
 from pipelines.fault_rules import AlertChange, OnuRef
 from pipelines.faults import (
-    alert_message,
+    alert_kv,
     alert_record,
     detect_optics,
     device_key,
@@ -25,9 +25,9 @@ MODELS = {"snmp.ifstats": IfStatsPoll, "snmp.traps": TrapEvent, "onu.optical": O
           "device.status": DeviceStatus}
 
 
-def msg(topic: str, value) -> KafkaSourceMessage:
+def msg(topic: str, value) -> Message:
     raw = value if isinstance(value, (bytes, type(None))) else json.dumps(value).encode()
-    return KafkaSourceMessage(key=b"acme/x", value=raw, topic=topic, partition=1, offset=7)
+    return Message(key=b"acme/x", value=raw, topic=topic, partition=1, offset=7)
 
 
 def trap(kind: str, **kw) -> dict:
@@ -140,6 +140,6 @@ def test_alert_record_links_subscribers_and_is_keyed_by_alert_key():
     assert rec.event.affected_subscribers == ["bob", "carol"]
     assert rec.details == {"pon": "p1", "onus": ["p1/2", "p1/3", "p1/4"]}
     assert (rec.note, rec.history, rec.onu_level) == ("opened", True, False)
-    m = alert_message(rec)
-    assert m.key == b"acme/pon_down:olt-1/p1"
-    assert json.loads(m.value)["probable_cause"] == "feeder fibre cut"
+    key, value = alert_kv(rec)
+    assert key == b"acme/pon_down:olt-1/p1"
+    assert json.loads(value)["probable_cause"] == "feeder fibre cut"

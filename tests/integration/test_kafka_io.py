@@ -1,0 +1,95 @@
+"""The flows' Kafka input and output (pipelines.kafka_io) against the embedded broker:
+every record read once in order per partition, resume from the recovery store, the end
+of the topic, and an output that fails the flow when Kafka refuses its messages."""
+
+from __future__ import annotations
+
+import bytewax.operators as op
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.testing import TestingSink, TestingSource, run_main
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from ispstream.kafka import producer_config
+from pipelines.kafka_io import KafkaInput, KafkaOutput
+from procs import free_port
+
+
+def produce(bootstrap: str, topic: str, records: list[tuple[int, bytes]]) -> None:
+    p = Producer(producer_config(bootstrap))
+    for part, value in records:
+        p.produce(topic, value, b"k", partition=part)
+    assert p.flush(10) == 0
+
+
+def read_all(bootstrap: str, topic: str, recovery: RecoveryConfig | None = None) -> list:
+    flow = Dataflow("read")
+    out: list = []
+    inp = op.input("in", flow, KafkaInput(bootstrap, [topic], tail=False))
+    op.output("out", op.map("value", inp, lambda m: (m.partition(), m.offset(), m.value())),
+              TestingSink(out))
+    run_main(flow, recovery_config=recovery)
+    return out
+
+
+def test_input_reads_every_partition_in_order_and_stops_at_the_end(broker, topic_prefix):
+    topic = topic_prefix + "in"
+    broker.create_topic(topic, 3)
+    records = [(i % 3, f"v{i}".encode()) for i in range(30)]
+    produce(broker.bootstrap, topic, records)
+    got = read_all(broker.bootstrap, topic)
+    assert sorted(v for _, _, v in got) == sorted(v for _, v in records)
+    for part in range(3):
+        offsets = [o for p, o, _ in got if p == part]
+        assert offsets == list(range(10))
+
+
+def test_input_resumes_after_the_offsets_of_the_last_epoch(broker, topic_prefix, tmp_path):
+    topic = topic_prefix + "resume"
+    broker.create_topic(topic, 2)
+    init_db_dir(tmp_path, 1)
+    recovery = RecoveryConfig(str(tmp_path))
+    produce(broker.bootstrap, topic, [(i % 2, f"a{i}".encode()) for i in range(6)])
+    assert len(read_all(broker.bootstrap, topic, recovery)) == 6
+    produce(broker.bootstrap, topic, [(i % 2, f"b{i}".encode()) for i in range(4)])
+    again = read_all(broker.bootstrap, topic, recovery)
+    assert sorted(v for _, _, v in again) == [b"b0", b"b1", b"b2", b"b3"]
+
+
+def test_output_produces_keyed_items_and_confirms_them(broker, topic_prefix):
+    topic = topic_prefix + "out"
+    broker.create_topic(topic, 2)
+    flow = Dataflow("write")
+    items = [(f"sub{i}", i) for i in range(50)]
+    op.output("out", op.input("in", flow, TestingSource(items)),
+              KafkaOutput(broker.bootstrap, topic, lambda i: (f"k{i}".encode(), str(i).encode()),
+                          partitions=2))
+    run_main(flow)
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "t",
+                  "enable.partition.eof": True})
+    c.assign([TopicPartition(topic, p, 0) for p in range(2)])
+    got, eofs = {}, 0
+    while eofs < 2:
+        m = c.poll(5)
+        assert m is not None, "records missing"
+        if m.error():
+            eofs += 1
+            continue
+        got[m.key()] = m.value()
+    c.close()
+    assert got == {f"k{i}".encode(): str(i).encode() for i in range(50)}
+
+
+def test_output_fails_the_flow_when_kafka_does_not_take_the_messages(topic_prefix):
+    flow = Dataflow("refused")
+    op.output("out", op.input("in", flow, TestingSource([("k", 1)])),
+              KafkaOutput(f"127.0.0.1:{free_port()}", topic_prefix + "out",
+                          lambda i: (b"k", b"v"), config={"message.timeout.ms": "1000"}))
+    with pytest.raises(Exception) as failed:
+        run_main(flow)
+    causes, exc = [], failed.value
+    while exc is not None:
+        causes.append(str(exc))
+        exc = exc.__cause__
+    assert any("Kafka did not take 1 message" in c for c in causes), causes
