@@ -76,6 +76,8 @@ class Catalog:
         self._tenants: dict[str, tuple[str, str]] = {}
         self._plans: dict[tuple[str, str], Plan] = {}
         self._subs: dict[tuple[str, str], tuple[str, int]] = {}
+        # Tariffs handed out, per (tenant, username); dropped whenever anything changed.
+        self._tariffs: dict[tuple[str, str | None], Tariff] = {}
         self._since: datetime | None = None
         self._last_full = 0.0
 
@@ -110,6 +112,8 @@ class Catalog:
                               row[0], row[1], exc)
             for tid, user, plan_id, anchor in subs:
                 self._subs[(tid, user)] = (plan_id, anchor)
+            if tenants or plans or subs:
+                self._tariffs = {}
             self._since = now
         if since is None:
             self._last_full = time.monotonic()
@@ -135,6 +139,14 @@ class Catalog:
 
     def tariff(self, tenant_id: str, username: str | None) -> Tariff:
         """Everything rating needs about one subscriber (plan None when unknown)."""
+        key = (tenant_id, username)
+        tariffs = self._tariffs  # a new dict after every inventory change
+        t = tariffs.get(key)
+        if t is None:
+            tariffs[key] = t = self._build_tariff(tenant_id, username)
+        return t
+
+    def _build_tariff(self, tenant_id: str, username: str | None) -> Tariff:
         tz, currency = self._tenants.get(tenant_id, ("UTC", "XXX"))
         sub = self._subs.get((tenant_id, username)) if username else None
         if sub is None:

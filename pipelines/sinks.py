@@ -4,7 +4,10 @@ usage flow's sink (idempotent, batched upserts in one transaction).
 Per batch: session snapshots upsert ``sessions`` (only ever to a higher ``version``);
 rated pieces upsert ``usage_rated`` on their stable key; ``usage_hourly`` is adjusted by
 exactly what the batch changed (the new rows minus the versions they replace), so a
-replayed batch adjusts it by zero. ``write_batch`` returns only after the commit, and
+replayed batch adjusts it by zero. A batch of rows never written before (every batch but
+the first few after a restart) takes a cheaper path: plain inserts, added to the rollup
+as they are; when any of its rows already exists, that attempt is rolled back to a
+savepoint and the batch is upserted. ``write_batch`` returns only after the commit, and
 Bytewax completes an epoch (and snapshots its state and input offsets) only after every
 sink returned: the write always precedes the commit of offsets.
 """
@@ -107,27 +110,41 @@ ON CONFLICT (tenant_id, record_id, piece, ts) DO UPDATE
 SET {_update_set(_RATED_COLS, ("tenant_id", "record_id", "piece", "ts"))}
 """
 
-# Runs before _UPSERT_RATED: add the batch's rows and subtract the stored versions they
-# are about to replace. Increments commute, so concurrent workers stay exact too.
+# usage_hourly is only ever adjusted by increments: they commute, so concurrent workers
+# stay exact too.
 _HOUR = "date_bin('1 hour', {}, timestamptz '2000-01-01 00:00:00+00')"
-_ROLLUP = f"""
-WITH changes AS (
-  SELECT tenant_id, username, {_HOUR.format("to_timestamp(ts)")} AS hour,
-         {", ".join(_SUMS)}
-  FROM _rated
+_ADD_TO_HOURLY = f"""
+INSERT INTO usage_hourly (tenant_id, username, hour, {", ".join(_SUMS)})
+SELECT tenant_id, username, hour, {", ".join(f"sum({c})" for c in _SUMS)}
+FROM ({{changes}}) changes GROUP BY tenant_id, username, hour
+ON CONFLICT (tenant_id, username, hour) DO UPDATE
+SET {", ".join(f"{c} = usage_hourly.{c} + excluded.{c}" for c in _SUMS)}
+"""
+_NEW_ROWS = f"""
+  SELECT tenant_id, username, {_HOUR.format("to_timestamp(ts)")} AS hour, {", ".join(_SUMS)}
+  FROM _rated"""
+# Runs before _UPSERT_RATED: add the batch's rows and subtract the stored versions they
+# are about to replace.
+_ROLLUP = _ADD_TO_HOURLY.format(changes=_NEW_ROWS + f"""
   UNION ALL
   SELECT u.tenant_id, u.username, {_HOUR.format("u.ts")},
          {", ".join(f"-u.{c}" for c in _SUMS)}
   FROM usage_rated u
   JOIN _rated r ON u.tenant_id = r.tenant_id AND u.record_id = r.record_id
-               AND u.piece = r.piece AND u.ts = to_timestamp(r.ts)
-)
-INSERT INTO usage_hourly (tenant_id, username, hour, {", ".join(_SUMS)})
-SELECT tenant_id, username, hour, {", ".join(f"sum({c})" for c in _SUMS)}
-FROM changes GROUP BY tenant_id, username, hour
-ON CONFLICT (tenant_id, username, hour) DO UPDATE
-SET {", ".join(f"{c} = usage_hourly.{c} + excluded.{c}" for c in _SUMS)}
+               AND u.piece = r.piece AND u.ts = to_timestamp(r.ts)""")
+
+# The common case, a batch of rows never written before: insert them (no update path)
+# and add them to the rollup as they are, without looking up earlier versions.
+_INSERT_NEW_RATED = f"""
+INSERT INTO usage_rated ({", ".join(_RATED_COLS)})
+SELECT {_select(_RATED_COLS)} FROM _rated
+ON CONFLICT (tenant_id, record_id, piece, ts) DO NOTHING
 """
+_ROLLUP_NEW = _ADD_TO_HOURLY.format(changes=_NEW_ROWS)
+
+
+class _Replayed(Exception):
+    """The batch holds rows written before (a replay after a restart)."""
 
 
 def write_usage(conn: psycopg.Connection, items: list) -> tuple[int, int]:
@@ -136,6 +153,9 @@ def write_usage(conn: psycopg.Connection, items: list) -> tuple[int, int]:
     Returns (sessions, rated rows) written. Within the batch the last snapshot of a session
     and the last version of a rated piece win (a statement may touch a row only once).
     """
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        raise RuntimeError("write_usage needs a connection outside a transaction: its "
+                           "staging tables are emptied when its own transaction commits")
     snaps: dict[tuple, SessionSnapshot] = {}
     rated: dict[tuple, RatedPiece] = {}
     for it in items:
@@ -157,8 +177,16 @@ def write_usage(conn: psycopg.Connection, items: list) -> tuple[int, int]:
         if rated:
             with cur.copy("COPY _rated FROM STDIN") as cp:
                 cp.write("".join(map(_rated_line, rated.values())))
-            cur.execute(_ROLLUP)
-            cur.execute(_UPSERT_RATED)
+            try:
+                with conn.transaction():  # a savepoint
+                    cur.execute(_INSERT_NEW_RATED)
+                    if cur.rowcount != len(rated):
+                        raise _Replayed
+                cur.execute(_ROLLUP_NEW)
+            except _Replayed:
+                # Some rows exist: replace them and adjust the rollup by the difference.
+                cur.execute(_ROLLUP)
+                cur.execute(_UPSERT_RATED)
     return len(snaps), len(rated)
 
 

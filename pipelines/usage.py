@@ -23,7 +23,7 @@ import logging
 import pickle
 import zlib
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -40,8 +40,7 @@ from pipelines.runtime import (consumer_error_letter, dead_letter, dead_letter_o
                                kafka_input, kafka_output, run)
 from pipelines.sinks import UsageDbSink
 from rating.policies import QuotaAction, rate_and_enforce
-from rating.sessions import (AcctRecord, NasState, SessionDelta, event_time,
-                             positional_constructor, total)
+from rating.sessions import AcctRecord, NasState, SessionDelta, event_time, total
 from rating.tariff import RatedPiece, SubscriberUsage
 
 log = logging.getLogger(__name__)
@@ -52,15 +51,12 @@ STAGE = "flow.usage"
 
 def record_from_event(ev: AcctEvent) -> AcctRecord:
     """Translate the collector's event into rating's input (64-bit totals, event time)."""
-    return _new_record(
+    return AcctRecord(
         ev.tenant_id, ev.nas_id, ev.session_id, ev.status, ev.username,
         event_time(ev.event_timestamp, ev.received_at, ev.delay_time),
         total(ev.input_octets, ev.input_gigawords),
         total(ev.output_octets, ev.output_gigawords),
         ev.interim_interval, ev.session_time, ev.framed_ip, ev.terminate_cause)
-
-
-_new_record = positional_constructor(AcctRecord)
 
 
 def parse_message(msg: Message) -> tuple[str, AcctRecord] | DeadLetter:
@@ -227,17 +223,23 @@ def value_of(kv):
 _str = json.encoder.encode_basestring  # the C string encoder json.dumps itself uses
 
 
+@lru_cache(maxsize=64)
+def _iso(d) -> str:
+    return d.isoformat()  # a handful of cycle starts, formatted once
+
+
 def rated_body(p: RatedPiece) -> str:
     """The ``usage.rated`` JSON of a piece: exactly what ``json.dumps`` of the contract's
     fields gives (compact), built from a template on the hot path; free text is escaped
     with json's own string encoder, numbers and identifiers are written as they are."""
     plan = "null" if p.plan_id is None else _str(p.plan_id)
-    flags = ",".join(f'"{f}"' for f in p.flags)  # fixed identifiers, nothing to escape
+    # flags are fixed identifiers, nothing to escape
+    flags = ",".join([f'"{f}"' for f in p.flags]) if p.flags else ""
     return (
         f'{{"v":1,"tenant_id":{_str(p.tenant_id)},"username":{_str(p.username)},'
         f'"nas_id":{_str(p.nas_id)},"session_id":{_str(p.session_id)},'
         f'"record_id":"{p.record_id}","piece":{p.piece},"ts_start":{p.ts_start},'
-        f'"ts":{p.ts},"plan_id":{plan},"cycle_start":"{p.cycle_start.isoformat()}",'
+        f'"ts":{p.ts},"plan_id":{plan},"cycle_start":"{_iso(p.cycle_start)}",'
         f'"upload_bytes":{p.upload_bytes},"download_bytes":{p.download_bytes},'
         f'"billable_bytes":{p.billable_bytes},"zero_rated_bytes":{p.zero_rated_bytes},'
         f'"over_quota_bytes":{p.over_quota_bytes},"charge":"{p.charge}",'

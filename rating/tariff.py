@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from functools import lru_cache
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from rating.cycles import cycle_at
 from rating.money import overage_charge
 from rating.policies import QuotaPolicy, Threshold, thresholds
-from rating.sessions import SessionDelta, positional_constructor
+from rating.sessions import SessionDelta
 
 QUOTA_COUNTS = ("download", "upload", "total")
 OVER_QUOTA = "over_quota"
@@ -110,8 +111,9 @@ class Tariff:
     cycle_anchor_day: int
 
 
-@dataclass(frozen=True, slots=True)
-class RatedPiece:
+class RatedPiece(NamedTuple):
+    """One time slice of a delta, rated: the ``usage_rated`` row and ``usage.rated`` event."""
+
     tenant_id: str
     username: str
     nas_id: str
@@ -131,9 +133,6 @@ class RatedPiece:
     currency: str
     rate_multiplier: Decimal
     flags: tuple[str, ...]
-
-
-_new_piece = positional_constructor(RatedPiece)
 
 
 def split_span(ts_start: int, ts_end: int, upload: int, download: int,
@@ -320,7 +319,7 @@ class SubscriberUsage:
 
             charge = overage_charge(over, price) if over and price is not None else _ZERO
             flags = base_flags + (OVER_QUOTA,) if over else base_flags
-            out.append(_new_piece(delta.tenant_id, username, delta.nas_id, delta.session_id,
+            out.append(RatedPiece(delta.tenant_id, username, delta.nas_id, delta.session_id,
                                   delta.record_id, i, s, e, plan_id, cstart, up, down,
                                   billable, zero_rated, over, charge, tariff.currency, mult,
                                   flags))

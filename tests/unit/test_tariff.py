@@ -17,7 +17,6 @@ from rating.tariff import (
     RatedPiece,
     SubscriberUsage,
     Tariff,
-    _new_piece,
     split_span,
 )
 
@@ -314,7 +313,6 @@ def test_rated_piece_fields():
         upload_bytes=3, download_bytes=4, billable_bytes=7, zero_rated_bytes=0,
         over_quota_bytes=2, charge=Decimal("4.00E-9"), currency="EUR",
         rate_multiplier=Decimal(1), flags=("counter_reset", "over_quota"))
-    assert _new_piece(*[getattr(x, f) for f in RatedPiece.__slots__]) == x
 
 
 def test_session_without_username_rates_as_empty_username():
