@@ -52,7 +52,7 @@ from pipelines.enforce_rules import (
 )
 from pipelines.enforce_sink import EnforceCatalog, EnforceSink, load_enforced
 from pipelines.runtime import (consumer_error_letter, dead_letter, dead_letter_output,
-                               kafka_input, run)
+                               kafka_input, run, stateful_apply)
 
 log = logging.getLogger(__name__)
 STAGE = "flow.enforce"
@@ -131,13 +131,6 @@ def shard_event(ev: AcctEvent) -> list[tuple[str, AcctEvent]]:
 
 def subscriber_key(x: AcctEvent | NasReset | ActionEvent | ActionResult) -> str:
     return f"{x.tenant_id}/{x.username}"
-
-
-def track_nas(state: NasSessions | None, ev: AcctEvent):
-    """Per NAS: who holds which session; Accounting-On/Off resets its subscribers."""
-    if state is None:
-        state = NasSessions()
-    return state, state.apply(ev)
 
 
 def value_of(kv):
@@ -269,7 +262,7 @@ def build_flow(
     # trues: AcctEvent; falses: ActionEvent | ActionResult
     by_nas = op.flat_map("by_nas_shard", acct.trues, shard_event)
     # (tenant/nas/shard, AcctEvent); On/Off copied to every shard of the NAS
-    nas_out = op.stateful_flat_map("nas_index", by_nas, track_nas)
+    nas_out = stateful_apply("nas_index", by_nas, NasSessions, NasSessions.apply)
     # (key, AcctEvent with a User-Name | NasReset per subscriber of a restarted NAS)
     events = op.merge("events", op.map("unkey_nas", nas_out, value_of), acct.falses)
     # AcctEvent | NasReset | ActionEvent | ActionResult

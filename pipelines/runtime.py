@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import gc
 import logging
+import pickle
 import time
 from datetime import timedelta
 from pathlib import Path
+from functools import partial
 from typing import Callable
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
-from bytewax.operators import KeyedStream
+from bytewax.operators import KeyedStream, StatefulBatchLogic
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from confluent_kafka import Message
 
@@ -22,6 +24,37 @@ from ispstream.settings import Settings
 from pipelines.kafka_io import KafkaInput, KafkaOutput
 
 log = logging.getLogger(__name__)
+
+
+class _MutableStateLogic(StatefulBatchLogic):
+    def __init__(self, new: Callable, apply: Callable, resume) -> None:
+        self.apply = apply
+        # pickled bytes, or the state itself as the stock operators stored it
+        self.state = pickle.loads(resume) if isinstance(resume, bytes) else resume
+        if self.state is None:
+            self.state = new()
+
+    def on_batch(self, items: list):
+        out: list = []
+        apply, state = self.apply, self.state
+        for item in items:
+            out.extend(apply(state, item))
+        return out, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.state, pickle.HIGHEST_PROTOCOL)
+
+
+def stateful_apply(step_id: str, up: KeyedStream, new: Callable[[], object],
+                   apply: Callable[[object, object], list]) -> KeyedStream:
+    """Per key, a mutable state object (``new()`` for a new key) and ``apply(state,
+    item) -> outputs`` for every item, a batch at a time.
+
+    The snapshot is the state pickled once: Bytewax's ``stateful_map`` and
+    ``stateful_flat_map`` deep-copy the state and then pickle the copy, which for session
+    tables cost more than the state machine itself.
+    """
+    return op.stateful_batch(step_id, up, partial(_MutableStateLogic, new, apply))
 
 
 def recovery_config(directory: Path, partitions: int) -> RecoveryConfig:

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import json.encoder
 import logging
-import pickle
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache, partial
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
-from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 from confluent_kafka import Message
 from pydantic import ValidationError
@@ -37,7 +35,7 @@ from ispstream.contracts import AcctEvent, ActionEvent, DeadLetter
 from ispstream.settings import Settings
 from pipelines.catalog import Catalog
 from pipelines.runtime import (consumer_error_letter, dead_letter, dead_letter_output,
-                               kafka_input, kafka_output, run)
+                               kafka_input, kafka_output, run, stateful_apply)
 from pipelines.sinks import UsageDbSink
 from rating.policies import QuotaAction, rate_and_enforce
 from rating.sessions import AcctRecord, NasState, SessionDelta, event_time, total
@@ -113,59 +111,11 @@ def route_to_shards(shards: int, clock: tuple[int, int] | None, rec: AcctRecord)
     return (watermark, last_tick), out
 
 
-def _restore(resume):
-    """State from a snapshot: pickled bytes (see the logics' ``snapshot``), or the state
-    object itself as stores written by ``stateful_flat_map`` hold it."""
-    return pickle.loads(resume) if isinstance(resume, bytes) else resume
-
-
-class NasClockLogic(StatefulBatchLogic):
-    """Per NAS: ``route_to_shards`` over a batch of records. State: the NAS's clock."""
-
-    def __init__(self, shards: int, resume) -> None:
-        self.shards = shards
-        self.clock = resume
-
-    def on_batch(self, recs: list[AcctRecord]):
-        out: list = []
-        clock, shards = self.clock, self.shards
-        for rec in recs:
-            clock, routed = route_to_shards(shards, clock, rec)
-            out.extend(routed)
-        self.clock = clock
-        return out, StatefulBatchLogic.RETAIN
-
-    def snapshot(self):
-        return self.clock  # an immutable tuple
-
-
-class SessionsLogic(StatefulBatchLogic):
-    """Per NAS shard: the session state machine (``NasState``) over a batch of records
-    and clock ticks -> deltas and session snapshots.
-
-    The snapshot is the state pickled once (Bytewax's generic operators deep-copy the
-    state and then pickle the copy, which cost more than the state machine itself).
-    """
-
-    def __init__(self, cfg: dict, resume) -> None:
-        self.cfg = cfg
-        self.state: NasState | None = _restore(resume)
-
-    def on_batch(self, items: list[AcctRecord | ClockTick]):
-        out: list = []
-        state = self.state
-        for item in items:
-            if type(item) is ClockTick:
-                if state is not None:
-                    out.extend(state.sweep(item.at))
-            else:
-                if state is None:
-                    state = self.state = NasState(**self.cfg)
-                out.extend(state.apply(item))
-        return out, StatefulBatchLogic.RETAIN
-
-    def snapshot(self) -> bytes:
-        return pickle.dumps(self.state, pickle.HIGHEST_PROTOCOL)
+def track_sessions(state: NasState, item: AcctRecord | ClockTick) -> list:
+    """Per NAS shard: the session state machine -> deltas and session snapshots."""
+    if type(item) is ClockTick:
+        return state.sweep(item.at)
+    return state.apply(item)
 
 
 def by_subscriber(kv):
@@ -191,25 +141,6 @@ def rate_delta(catalog: Catalog, state: SubscriberUsage, delta: SessionDelta) ->
                      a.threshold_pct or "", a.tenant_id, a.username, a.reason, a.intent_id)
         pieces.extend(actions)
     return pieces
-
-
-class RateLogic(StatefulBatchLogic):
-    """Per subscriber: ``rate_delta`` over a batch of deltas. State: ``SubscriberUsage``,
-    snapshotted pickled once (as ``SessionsLogic``)."""
-
-    def __init__(self, catalog: Catalog, resume) -> None:
-        self.catalog = catalog
-        self.state: SubscriberUsage = _restore(resume) or SubscriberUsage()
-
-    def on_batch(self, deltas: list[SessionDelta]):
-        out: list = []
-        catalog, state = self.catalog, self.state
-        for d in deltas:
-            out.extend(rate_delta(catalog, state, d))
-        return out, StatefulBatchLogic.RETAIN
-
-    def snapshot(self) -> bytes:
-        return pickle.dumps(self.state, pickle.HIGHEST_PROTOCOL)
 
 
 def is_keyed_action(kv) -> bool:
@@ -283,17 +214,18 @@ def build_flow(
     # (tenant/nas, AcctRecord) | DeadLetter
     valid = op.branch("valid", parsed, is_keyed)
     # trues: (tenant/nas, AcctRecord); falses: DeadLetter
-    routed = op.stateful_batch("nas_clock", valid.trues,
-                               partial(NasClockLogic, settings.session_shards))
+    routed = op.stateful_flat_map("nas_clock", valid.trues,
+                                  partial(route_to_shards, settings.session_shards))
     # (tenant/nas, (tenant/nas/shard, AcctRecord | ClockTick))
     by_shard = op.map("by_shard", routed, value_of)
     # (tenant/nas/shard, AcctRecord | ClockTick); On/Off and ticks go to every shard
-    session_out = op.stateful_batch("sessions", by_shard, partial(SessionsLogic, session_cfg))
+    session_out = stateful_apply("sessions", by_shard, partial(NasState, **session_cfg),
+                                 track_sessions)
     # (tenant/nas/shard, SessionDelta | SessionSnapshot)
     split = op.branch("is_delta", op.map("by_subscriber", session_out, by_subscriber),
                       is_keyed_delta)
     # trues: (tenant/username, SessionDelta); falses: (tenant/nas/shard, SessionSnapshot)
-    rate_out = op.stateful_batch("rate", split.trues, partial(RateLogic, catalog))
+    rate_out = stateful_apply("rate", split.trues, SubscriberUsage, partial(rate_delta, catalog))
     # (tenant/username, RatedPiece | QuotaAction)
     is_action = op.branch("is_action", rate_out, is_keyed_action)
     # trues: (tenant/username, QuotaAction); falses: (tenant/username, RatedPiece)

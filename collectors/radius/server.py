@@ -190,13 +190,13 @@ class Collector:
         sock_fd = self.sock.fileno()
         poller.register(sock_fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
-        producer_poll = self.producer.poll
         while not self.stopping.is_set():
             if self._produced or self._drain:
-                # Waiting for Kafka: wake for a delivery report or soon for datagrams.
-                events = poller.poll(0)
-                if not events:
-                    producer_poll(0.0005)
+                # Waiting for Kafka: take datagrams at once, look for delivery reports at
+                # least every millisecond (librdkafka offers no descriptor to wait on).
+                # Blocking in the socket poll, not in the producer's, keeps the loop from
+                # spinning once per delivery report at moderate rates.
+                events = poller.poll(1)
             else:
                 events = poller.poll(1 if self._held else 100)
             for fd, _ in events:
