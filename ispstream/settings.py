@@ -61,7 +61,9 @@ class Settings(BaseSettings):
         default=16, ge=1, le=1024,
         description="session state shards per NAS (small snapshots, big NAS over workers); "
         "changing it needs a fresh recovery store")
-    db_writers: int = Field(default=1, ge=1, description="database writer partitions")
+    db_writers: int = Field(
+        default=1, ge=1,
+        description="writer partitions of each flow output (database connections, Kafka producers)")
 
     # enforce flow (CoA / Disconnect to the NAS)
     enforce_recovery_dir: Path = Path("var/recovery/enforce")

@@ -22,7 +22,6 @@ written by either resumes with the other.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Callable, Generic, Iterable, TypeVar
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -43,6 +42,8 @@ BATCH = 1000
 POLL_TIMEOUT = 0.001
 #: How long an epoch may wait for the broker to confirm its messages.
 FLUSH_TIMEOUT_S = 30.0
+#: How long closing an output waits (it may be closed while the flow fails).
+CLOSE_FLUSH_TIMEOUT_S = 5.0
 
 
 def list_partitions(brokers: str, topics: Iterable[str], config: dict | None = None
@@ -74,9 +75,8 @@ class _InputPartition(StatefulSourcePartition[Message, int]):
         msgs = self._consumer.consume(self._batch, POLL_TIMEOUT)
         if not msgs:
             return msgs
-        last = msgs[-1]
-        if last.error() is None and all(m.error() is None for m in msgs):
-            self._offset = last.offset() + 1
+        if all(m.error() is None for m in msgs):
+            self._offset = msgs[-1].offset() + 1
             return msgs
         return self._with_errors(msgs)
 
@@ -133,6 +133,9 @@ class KafkaInput(FixedPartitionedSource[Message, int]):
         config = client_config(self._brokers, {"fetch.wait.max.ms": 100, **self._config}, **{
             "group.id": "ispstream-unused",  # offsets live in the recovery store
             "enable.auto.commit": False,
+            # a stored offset that retention already deleted: read what is left, not
+            # skip to the end
+            "auto.offset.reset": "earliest",
             "enable.partition.eof": not self._tail,
         })
         offset = OFFSET_BEGINNING if resume_state is None else resume_state
@@ -142,8 +145,8 @@ class KafkaInput(FixedPartitionedSource[Message, int]):
 class _OutputPartition(StatefulSinkPartition[X, None], Generic[X]):
     def __init__(self, config: dict, topic: str,
                  encode: Callable[[X], tuple[bytes | None, bytes]]) -> None:
+        # Delivery failures, reported by librdkafka inside poll()/flush() on this thread.
         self._errors: list[str] = []
-        self._lock = threading.Lock()
         self._producer = Producer({**config, "delivery.report.only.error": True,
                                    "on_delivery": self._failed})
         self._topic = topic
@@ -151,27 +154,27 @@ class _OutputPartition(StatefulSinkPartition[X, None], Generic[X]):
 
     def _failed(self, err, msg) -> None:
         if err is not None:
-            with self._lock:
-                self._errors.append(f"{msg.topic()}: {err.str()}")
+            self._errors.append(f"{msg.topic()}: {err.str()}")
 
     def write_batch(self, values: list[X]) -> None:
         produce, topic, encode = self._producer.produce, self._topic, self._encode
         for v in values:
             key, value = encode(v)
-            try:
-                produce(topic, value, key)
-            except BufferError:
-                # the local queue is full: let deliveries drain, then try once more
-                self._producer.flush(FLUSH_TIMEOUT_S)
-                produce(topic, value, key)
+            while True:
+                try:
+                    produce(topic, value, key)
+                    break
+                except BufferError:
+                    # the local queue is full: serve deliveries until there is room
+                    # (messages that cannot be delivered time out and free it too)
+                    self._producer.poll(0.1)
         self._producer.poll(0)
         self._raise_if_failed()
 
     def _raise_if_failed(self) -> None:
-        with self._lock:
-            if self._errors:
-                raise RuntimeError(f"Kafka did not take {len(self._errors)} message(s), "
-                                   f"e.g. {self._errors[0]}")
+        if self._errors:
+            raise RuntimeError(f"Kafka did not take {len(self._errors)} message(s), "
+                               f"e.g. {self._errors[0]}")
 
     def snapshot(self) -> None:
         left = self._producer.flush(FLUSH_TIMEOUT_S)
@@ -183,8 +186,9 @@ class _OutputPartition(StatefulSinkPartition[X, None], Generic[X]):
 
     def close(self) -> None:
         # Bytewax also closes partitions while unwinding from a failure: raising here
-        # again would abort the process, so this only reports.
-        left = self._producer.flush(FLUSH_TIMEOUT_S)
+        # again would abort the process, so this only reports. (At the end of a finite
+        # flow, snapshot() ran first and raised on any failure.)
+        left = self._producer.flush(CLOSE_FLUSH_TIMEOUT_S)
         if left or self._errors:
             log.error("closing %s output: %d message(s) unconfirmed, %d refused",
                       self._topic, left, len(self._errors))

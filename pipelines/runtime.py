@@ -13,7 +13,7 @@ from functools import partial
 from typing import Callable
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow, Stream
+from bytewax.dataflow import Dataflow, Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from confluent_kafka import Message
@@ -45,6 +45,12 @@ class _MutableStateLogic(StatefulBatchLogic):
         return pickle.dumps(self.state, pickle.HIGHEST_PROTOCOL)
 
 
+@operator
+def _stateful(step_id: str, up: KeyedStream, builder: Callable) -> KeyedStream:
+    return op.stateful_batch("stateful_batch", up, builder)
+
+
+@operator
 def stateful_apply(step_id: str, up: KeyedStream, new: Callable[[], object],
                    apply: Callable[[object, object], list]) -> KeyedStream:
     """Per key, a mutable state object (``new()`` for a new key) and ``apply(state,
@@ -52,9 +58,11 @@ def stateful_apply(step_id: str, up: KeyedStream, new: Callable[[], object],
 
     The snapshot is the state pickled once: Bytewax's ``stateful_map`` and
     ``stateful_flat_map`` deep-copy the state and then pickle the copy, which for session
-    tables cost more than the state machine itself.
+    tables cost more than the state machine itself. The inner steps are named as those of
+    ``stateful_flat_map`` (``<step>.stateful.stateful_batch``), so a recovery store it
+    wrote resumes here (its snapshots hold the state object itself).
     """
-    return op.stateful_batch(step_id, up, partial(_MutableStateLogic, new, apply))
+    return _stateful("stateful", up, partial(_MutableStateLogic, new, apply))
 
 
 def recovery_config(directory: Path, partitions: int) -> RecoveryConfig:
@@ -123,11 +131,15 @@ def dead_letter_kv(d: DeadLetter) -> tuple[bytes, bytes]:
     return (d.key or "").encode(), d.model_dump_json().encode()
 
 
+@operator
 def kafka_input(step_id: str, flow: Dataflow, settings: Settings, topic_names: list[str],
                 tail: bool = True) -> Stream[Message]:
-    """The flow's Kafka input over ``topic_names`` (librdkafka messages, errors included)."""
-    return op.input(step_id, flow, KafkaInput(settings.require_kafka(), topic_names,
-                                              tail=tail, config=settings.kafka_config))
+    """The flow's Kafka input over ``topic_names`` (librdkafka messages, errors included).
+
+    The input step is ``<step>.kafka_input`` as in Bytewax's own Kafka operator, so the
+    input offsets of a recovery store it wrote carry over."""
+    return op.input("kafka_input", flow, KafkaInput(settings.require_kafka(), topic_names,
+                                                    tail=tail, config=settings.kafka_config))
 
 
 def kafka_output(step_id: str, up: KeyedStream, settings: Settings, topic: str,

@@ -229,9 +229,9 @@ def build_flow(
     # (tenant/username, RatedPiece | QuotaAction)
     is_action = op.branch("is_action", rate_out, is_keyed_action)
     # trues: (tenant/username, QuotaAction); falses: (tenant/username, RatedPiece)
+    # rated pieces + session snapshots, one transaction per batch
     op.output("usage_db", op.merge("to_db", is_action.falses, split.falses),
               db_sink or UsageDbSink(settings.dsn(), partitions=settings.db_writers))
-    # rated pieces + session snapshots, one transaction per batch
     kafka_output("usage_rated_out", is_action.falses, settings, topics.USAGE_RATED, rated_kv)
     # actions go to Kafka only: the enforcer records what it receives
     kafka_output("actions_out", is_action.trues, settings, topics.ACTIONS, action_kv)

@@ -193,7 +193,7 @@ class Collector:
         while not self.stopping.is_set():
             if self._produced or self._drain:
                 # Waiting for Kafka: take datagrams at once, look for delivery reports at
-                # least every millisecond (librdkafka offers no descriptor to wait on).
+                # least every millisecond (confluent-kafka exposes no descriptor to wait on).
                 # Blocking in the socket poll, not in the producer's, keeps the loop from
                 # spinning once per delivery report at moderate rates.
                 events = poller.poll(1)
