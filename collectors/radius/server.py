@@ -50,7 +50,7 @@ from confluent_kafka import KafkaError, Producer
 
 from collectors.radius import codec
 from collectors.radius.events import EventEncoder, timestamp
-from collectors.radius.inventory import Inventory, NasEntry
+from collectors.radius.inventory import Inventory
 from collectors.radius.metrics import MetricsServer, render_family
 from collectors.radius.spool import Spool, SpoolError
 from ispstream import topics
