@@ -35,7 +35,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 from confluent_kafka import Message
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from collectors.radius.vendors import load_profiles, parse_rate
 from ispstream import topics
@@ -51,8 +51,8 @@ from pipelines.enforce_rules import (
     with_enforced,
 )
 from pipelines.enforce_sink import EnforceCatalog, EnforceSink, load_enforced
-from pipelines.runtime import (consumer_error_letter, dead_letter, dead_letter_output,
-                               kafka_input, run, stateful_apply)
+from pipelines.runtime import (dead_letter_output, kafka_input, parse_event, run,
+                               stateful_apply)
 
 log = logging.getLogger(__name__)
 STAGE = "flow.enforce"
@@ -68,27 +68,15 @@ def _check_action(a: ActionEvent) -> None:
         parse_rate(a.rate)
 
 
+def _check(ev) -> None:
+    if isinstance(ev, ActionEvent):
+        _check_action(ev)
+
+
 def parse_message(models: dict[str, type[BaseModel]], msg: Message):
     """Validate a message of any of the three input topics against its contract; bad
     ones become dead letters carrying the reason."""
-    if msg.error() is not None:
-        return consumer_error_letter(STAGE, msg)
-    topic = msg.topic() or ""
-    model = models.get(topic)
-    value = msg.value()
-    try:
-        if model is None:
-            raise ValueError(f"unexpected topic {topic!r}")
-        if value is None:
-            raise ValueError("empty message value")
-        ev = model.model_validate_json(value)
-        if isinstance(ev, ActionEvent):
-            _check_action(ev)
-        return ev
-    except (ValidationError, ValueError) as exc:
-        reason = exc.errors(include_url=False) if isinstance(exc, ValidationError) else str(exc)
-        what = model.__name__ if model else "message"
-        return dead_letter(STAGE, msg, f"invalid {what}: {reason}")
+    return parse_event(STAGE, models, _check, msg)
 
 
 # Answers that change nothing in a subscriber's state, recognised without parsing (our

@@ -38,7 +38,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.outputs import Sink
 from confluent_kafka import Message
 from psycopg.types.json import Jsonb
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from ispstream import topics
 from ispstream.contracts import (
@@ -59,8 +59,7 @@ from pipelines.fault_rules import (
     OltState,
     OnuSample,
 )
-from pipelines.runtime import (consumer_error_letter, dead_letter, dead_letter_output,
-                               kafka_input, kafka_output, run)
+from pipelines.runtime import dead_letter_output, kafka_input, kafka_output, parse_event, run
 from pipelines.sinks import PipelinedDbSink
 from pipelines.telemetry_catalog import TelemetryCatalog
 
@@ -85,25 +84,9 @@ def _check(ev: BaseModel) -> None:
 
 
 def parse_message(models: dict[str, type[BaseModel]], msg: Message):
-    """Validate a message of any input topic against its contract; bad ones become
-    dead letters carrying the reason."""
-    if msg.error() is not None:
-        return consumer_error_letter(STAGE, msg)
-    topic = msg.topic() or ""
-    model = models.get(topic)
-    value = msg.value()
-    try:
-        if model is None:
-            raise ValueError(f"unexpected topic {topic!r}")
-        if value is None:
-            raise ValueError("empty message value")
-        ev = model.model_validate_json(value)
-        _check(ev)
-        return ev
-    except (ValidationError, ValueError) as exc:
-        reason = exc.errors(include_url=False) if isinstance(exc, ValidationError) else str(exc)
-        what = model.__name__ if model else "message"
-        return dead_letter(STAGE, msg, f"invalid {what}: {reason}")
+    """Validate a message of any input topic against its contract (and ``_check``); bad
+    ones become dead letters carrying the reason."""
+    return parse_event(STAGE, models, _check, msg)
 
 
 def is_event(x) -> bool:

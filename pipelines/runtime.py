@@ -8,8 +8,8 @@ import logging
 import pickle
 import time
 from datetime import timedelta
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 from typing import Callable
 
 import bytewax.operators as op
@@ -17,6 +17,7 @@ from bytewax.dataflow import Dataflow, Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from confluent_kafka import Message
+from pydantic import BaseModel, ValidationError
 
 from ispstream import topics
 from ispstream.contracts import DeadLetter
@@ -124,6 +125,31 @@ def dead_letter(stage: str, msg: Message, reason: str) -> DeadLetter:
 def consumer_error_letter(stage: str, msg: Message) -> DeadLetter:
     """An error the Kafka consumer reported (``msg.error()``) as a dead letter."""
     return dead_letter(stage, msg, f"kafka consumer error: {msg.error().str()}")
+
+
+def parse_event(stage: str, models: dict[str, type[BaseModel]],
+                check: Callable[[BaseModel], None], msg: Message) -> BaseModel | DeadLetter:
+    """Validate a message of any of a flow's input topics against that topic's contract
+    (``models``: topic -> model) and ``check`` (which raises ``ValueError`` for what the
+    contract allows but the flow cannot use); consumer errors and bad records become
+    dead letters carrying the reason."""
+    if msg.error() is not None:
+        return consumer_error_letter(stage, msg)
+    topic = msg.topic() or ""
+    model = models.get(topic)
+    value = msg.value()
+    try:
+        if model is None:
+            raise ValueError(f"unexpected topic {topic!r}")
+        if value is None:
+            raise ValueError("empty message value")
+        ev = model.model_validate_json(value)
+        check(ev)
+        return ev
+    except (ValidationError, ValueError) as exc:
+        reason = exc.errors(include_url=False) if isinstance(exc, ValidationError) else str(exc)
+        what = model.__name__ if model else "message"
+        return dead_letter(stage, msg, f"invalid {what}: {reason}")
 
 
 def dead_letter_kv(d: DeadLetter) -> tuple[bytes, bytes]:
