@@ -304,12 +304,16 @@ class _EnforcePartition(StatefulSinkPartition):
 
     def close(self) -> None:
         try:
+            # Bytewax also closes partitions while unwinding from a failure: raising
+            # again here would abort the process, so a failure is only reported.
             self.snapshot()
             # give requests in flight a chance to be answered and recorded
             deadline = time.monotonic() + self._sink.client_deadline_s + 1
             with self._cv:
                 self._cv.wait_for(lambda: not self._mine_inflight() or self._error is not None,
                                   timeout=max(0.0, deadline - time.monotonic()))
+        except RuntimeError:
+            log.error("closing the enforcement sink after it failed")
         finally:
             with self._cv:
                 self._closing = True
