@@ -8,7 +8,7 @@ import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
-from bytewax.testing import TestingSink, TestingSource, run_main
+from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bytewax.connectors.kafka import operators as kop
@@ -48,6 +48,35 @@ def test_input_reads_every_partition_in_order_and_stops_at_the_end(broker, topic
     for part in range(3):
         offsets = [o for p, o, _ in got if p == part]
         assert offsets == list(range(10))
+
+
+def test_each_worker_reads_its_partitions_of_every_topic_through_one_consumer(
+        broker, topic_prefix, monkeypatch):
+    import pipelines.kafka_io as kio
+
+    built: list = []
+    real = kio._SharedConsumer
+
+    def counting(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(kio, "_SharedConsumer", counting)
+    a, b = topic_prefix + "two-a", topic_prefix + "two-b"
+    broker.create_topic(a, 4)
+    broker.create_topic(b, 3)
+    produce(broker.bootstrap, a, [(i % 4, f"a{i}".encode()) for i in range(400)])
+    produce(broker.bootstrap, b, [(i % 3, f"b{i}".encode()) for i in range(300)])
+    flow = Dataflow("two")
+    out: list = []
+    inp = op.input("in", flow, KafkaInput(broker.bootstrap, [a, b], tail=False, batch=7))
+    op.output("out", op.map("v", inp, lambda m: (m.topic(), m.partition(), m.offset())),
+              TestingSink(out))
+    cluster_main(flow, [], 0, worker_count_per_proc=2)
+    assert len(built) == 2  # one consumer per worker, not per partition
+    for topic, parts, n in ((a, 4, 100), (b, 3, 100)):
+        for part in range(parts):
+            assert [o for t, p, o in out if (t, p) == (topic, part)] == list(range(n))
 
 
 def test_input_resumes_after_the_offsets_of_the_last_epoch(broker, topic_prefix, tmp_path):
