@@ -301,10 +301,6 @@ class CountingNas:
         header = bytes((code, req[1])) + (20).to_bytes(2, "big")
         return header + hashlib.md5(header + req[4:20] + self.secret).digest()
 
-    def sessions(self) -> list[str]:
-        with self._lock:
-            return [s for s, _, _ in self.seen]
-
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._transport.close)
         self._loop.call_soon_threadsafe(self._loop.stop)

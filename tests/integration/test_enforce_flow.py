@@ -389,7 +389,10 @@ def test_restart_mid_way_never_resends_a_completed_action(enforce_env):
         assert len(done_before) < n, "killed too late to test anything"
         e.start("enforce2")
         e.wait_final(n, timeout=120)
-        counts = Counter(slow.sessions())
+        # Requests per session: a retransmission (same Identifier and Request
+        # Authenticator, RFC 5080) is the same request, so a request answered late on a
+        # loaded machine does not count twice; a new send would be a new request.
+        counts = Counter(sid for sid, _, _ in set(slow.seen))
         # every session throttled once; none answered before the kill was sent again
         assert set(counts) == {f"k{i}" for i in range(n)}
         assert all(counts[sid] == 1 for sid in done_before)
@@ -399,7 +402,6 @@ def test_restart_mid_way_never_resends_a_completed_action(enforce_env):
         assert not twice & done_before
         assert max(counts.values()) <= 2 and len(twice) <= n - len(done_before)
         assert all(r[4] == "ack" for r in e.attempts())
-        assert len({(sid, ident, auth) for sid, ident, auth in slow.seen}) == len(slow.seen)
 
         # A full replay from the beginning of the topics with no recovered state: nothing
         # is sent again, because every attempt is final in the database.
