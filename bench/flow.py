@@ -33,6 +33,7 @@ from ispstream import topics
 from ispstream.db import migrate
 from ispstream.kafka import EmbeddedBroker, producer_config
 from ispstream.settings import Settings
+from pipelines.catalog import Catalog
 from pipelines.runtime import run
 from pipelines.usage import build_flow
 
@@ -59,8 +60,16 @@ def make_db(subscribers: int) -> str:
 
 
 def drop_db(dsn: str) -> None:
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{dsn.rpartition("/")[2]}" WITH (FORCE)')
+    # FORCE cannot end an autovacuum worker that is busy in the database: retry
+    for attempt in range(20):
+        try:
+            with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{dsn.rpartition("/")[2]}" WITH (FORCE)')
+            return
+        except psycopg.errors.InsufficientPrivilege:
+            if attempt == 19:
+                raise
+            time.sleep(0.5)
 
 
 def produce_load(bootstrap: str, topic: str, sessions: int, interims: int) -> int:
@@ -89,7 +98,8 @@ def produce_load(bootstrap: str, topic: str, sessions: int, interims: int) -> in
 def run_usage(settings: Settings, expected_rows: int) -> tuple[float, float]:
     """Run the usage flow to the end of the topic; return seconds until every row is
     committed, and until the first one was."""
-    flow = build_flow(settings, tail=False)
+    catalog = Catalog(settings.dsn(), settings.inventory_refresh_s)
+    flow = build_flow(settings, catalog=catalog, tail=False)
     first_row: list[float] = []
     done = threading.Event()
     watcher = threading.Thread(target=_watch_first_row, args=(settings.dsn(), first_row, done),
@@ -98,6 +108,7 @@ def run_usage(settings: Settings, expected_rows: int) -> tuple[float, float]:
     watcher.start()
     run(flow, settings, settings.recovery_dir, workers=1)  # what `ispstream flow usage` runs
     elapsed = time.perf_counter() - start
+    catalog.stop()
     done.set()
     watcher.join()
     with psycopg.connect(settings.dsn()) as conn:

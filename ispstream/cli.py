@@ -104,6 +104,11 @@ def cmd_collect_onu(args: argparse.Namespace) -> int:
     return run_onu(get_settings())
 
 
+WORKERS_HELP = ("worker threads (default 1). They share one interpreter lock and Bytewax "
+                "moves items between them: more than one is slower, not faster "
+                "(docs/PERFORMANCE.md)")
+
+
 def cmd_flow_faults(args: argparse.Namespace) -> int:
     """Run the fault-detection dataflow with recovery."""
     from pipelines.faults import main as run_faults
@@ -218,13 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     flow = sub.add_parser("flow", help="streaming dataflows").add_subparsers(
         dest="flow", required=True)
     s = flow.add_parser("faults", help="interfaces, optics and traps -> correlated alerts")
-    s.add_argument("-w", "--workers", type=int, default=1, help="worker threads")
+    s.add_argument("-w", "--workers", type=int, default=1, help=WORKERS_HELP)
     s.set_defaults(func=cmd_flow_faults)
     s = flow.add_parser("usage", help="accounting -> rated usage -> database")
-    s.add_argument("-w", "--workers", type=int, default=1, help="worker threads")
+    s.add_argument("-w", "--workers", type=int, default=1, help=WORKERS_HELP)
     s.set_defaults(func=cmd_flow_usage)
     s = flow.add_parser("enforce", help="actions -> RADIUS CoA / Disconnect to the NAS")
-    s.add_argument("-w", "--workers", type=int, default=1, help="worker threads")
+    s.add_argument("-w", "--workers", type=int, default=1, help=WORKERS_HELP)
     s.set_defaults(func=cmd_flow_enforce)
 
     s = sub.add_parser("api", help="HTTP API (FastAPI) on ISPSTREAM_API_ADDR")

@@ -73,6 +73,7 @@ class Catalog:
         self._full_reload_s = full_reload_s
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
         self._tenants: dict[str, tuple[str, str]] = {}
         self._plans: dict[tuple[str, str], Plan] = {}
         self._subs: dict[tuple[str, str], tuple[str, int]] = {}
@@ -129,9 +130,14 @@ class Catalog:
                                             daemon=True)
             self._thread.start()
 
+    def stop(self) -> None:
+        """Stop refreshing (the view keeps what it has)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
     def _run(self) -> None:
-        while True:
-            time.sleep(self._refresh_s)
+        while not self._stop.wait(self._refresh_s):
             try:
                 self.refresh(full=time.monotonic() - self._last_full >= self._full_reload_s)
             except Exception:  # noqa: BLE001 - keep rating with what we know; retry later

@@ -241,4 +241,9 @@ def build_flow(
 
 def main(settings: Settings, workers: int = 1) -> int:
     """Run the usage flow in this process with recovery (resumes where it stopped)."""
-    return run(build_flow(settings), settings, settings.recovery_dir, workers)
+    catalog = Catalog(settings.dsn(), settings.inventory_refresh_s)
+    try:
+        return run(build_flow(settings, catalog=catalog), settings, settings.recovery_dir,
+                   workers)
+    finally:
+        catalog.stop()

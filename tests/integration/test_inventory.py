@@ -489,3 +489,12 @@ def test_cli_errors_for_bad_devices_name_the_field_never_the_key(pg_dsn, tmp_pat
     assert ("tenants[0].devices[0].snmp (line 37): version 2c needs a community"
             in res.stderr)
     assert snapshot(pg_dsn) == {t: [] for t in TABLES}
+
+
+def test_catalog_refreshes_until_stopped(pg_dsn):
+    catalog = Catalog(pg_dsn, refresh_s=0.05)
+    catalog.start()
+    thread = catalog._thread
+    assert thread is not None and thread.is_alive()
+    catalog.stop()
+    assert not thread.is_alive()
