@@ -1,9 +1,9 @@
 """Kafka input and output for every dataflow: lean on the hot path, strict on delivery.
 
 ``KafkaInput`` reads each Kafka partition of its topics as one Bytewax source partition
-(resuming from the offset the recovery store recorded) and emits librdkafka's message
-objects as they are: a step reads ``msg.value()`` and, for a dead letter, the topic,
-partition, offset and key. Consumer errors are emitted too (``msg.error()`` is set) so
+(resuming from the offset the recovery store recorded), all of a worker's partitions
+through one consumer, and emits librdkafka's message objects as they are: a step reads
+``msg.value()`` and, for a dead letter, the topic, partition, offset and key. Consumer errors are emitted too (``msg.error()`` is set) so
 the flow can dead-letter them; the end of a partition ends it when not tailing.
 
 ``KafkaOutput`` produces ``(key, item)`` streams with ``encode(item) -> (key, value)``
@@ -40,8 +40,9 @@ X = TypeVar("X")
 
 #: Messages taken from librdkafka's queue per call.
 BATCH = 1000
-#: How long an idle partition waits for a message per call (seconds): bounds the CPU an
-#: idle flow spends polling and the delay a quiet partition adds to a busy one.
+#: How long a worker's consumer may wait for messages when its partitions have none
+#: buffered (seconds), at most once per this period: bounds the CPU an idle flow spends
+#: polling and the delay quiet partitions add to busy ones.
 POLL_TIMEOUT = 0.001
 #: How long the broker may hold a fetch that has nothing to return (milliseconds).
 FETCH_WAIT_MS = 20
