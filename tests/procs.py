@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +36,26 @@ def wait_until(pred: Callable[[], object], timeout: float, what: str, every: flo
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}"
                          + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+def read_metrics(port: int) -> dict[str, float]:
+    """A process's Prometheus metrics on 127.0.0.1:``port`` by name (with labels)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def metrics(port: int) -> dict[str, float] | None:
+    """``read_metrics``, or None while nothing answers there."""
+    try:
+        return read_metrics(port)
+    except OSError:
+        return None
 
 
 class Proc:

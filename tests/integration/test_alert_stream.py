@@ -22,35 +22,24 @@ import pytest
 
 from ispstream.apikeys import create_key
 from ispstream.contracts import AlertEvent
-from ispstream.inventory import apply_file
 from ispstream.kafka import producer_config
-from procs import Proc, free_port, wait_until
+from procs import Proc, wait_until
+from tests.integration.api_world import (
+    acme_home,
+    apply_inventory,
+    assert_clean_exit,
+    auth,
+    beta_basic,
+    start_api,
+    tenants,
+    wait_healthy,
+)
 
 pytestmark = pytest.mark.integration
 
 LATENCY_BUDGET_S = 2.0
 
-INVENTORY = """\
-tenants:
-  - id: acme
-    timezone: Europe/Berlin
-    currency: EUR
-    plans:
-      - {id: home, monthly_fee: "30.00"}
-    nas:
-      - {ip: 192.0.2.1, name: bng-1, secret: s1}
-    subscribers:
-      - {username: alice, plan: home}
-  - id: beta
-    timezone: Asia/Tokyo
-    currency: JPY
-    plans:
-      - {id: basic, monthly_fee: "3000"}
-    nas:
-      - {ip: 192.0.2.2, name: tokyo-1, secret: s2}
-    subscribers:
-      - {username: zed, plan: basic}
-"""
+INVENTORY = tenants(acme_home("alice"), beta_basic("zed"))
 
 
 class SseClient:
@@ -66,7 +55,7 @@ class SseClient:
         self.started = threading.Event()
         self.error: Exception | None = None
         self._stop = threading.Event()
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        headers = auth(key)
         if last_event_id:
             headers["Last-Event-ID"] = last_event_id
         self._thread = threading.Thread(target=self._run, args=(url, headers), daemon=True)
@@ -173,9 +162,7 @@ class AlertProducer:
 
 @pytest.fixture
 def world(pg_dsn, tmp_path):
-    path = tmp_path / "inventory.yaml"
-    path.write_text(INVENTORY)
-    apply_file(pg_dsn, path)
+    apply_inventory(pg_dsn, tmp_path, INVENTORY)
     keys = {"acme": create_key(pg_dsn, "acme", "operator"),
             "beta": create_key(pg_dsn, "beta", "admin"),
             "alice": create_key(pg_dsn, "acme", "customer", subscriber="alice")}
@@ -186,23 +173,13 @@ def world(pg_dsn, tmp_path):
 def api_proc(world, broker, topic_prefix, tmp_path):
     dsn, keys = world
     broker.create_topic(f"{topic_prefix}alerts", 4)
-    port = free_port()
-    proc = Proc("api", ["api"], {
-        "ISPSTREAM_DATABASE_URL": dsn,
-        "ISPSTREAM_API_ADDR": f"127.0.0.1:{port}",
-        "ISPSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap,
-        "ISPSTREAM_TOPIC_PREFIX": topic_prefix,
-    }, tmp_path)
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start_api(dsn, tmp_path, broker.bootstrap, topic_prefix)
     try:
-        wait_until(lambda: httpx.get(f"{base}/healthz", timeout=5).status_code == 200,
-                   timeout=60, what="the API to report healthy")
+        wait_healthy(base, timeout=60)
         yield proc, base, keys
     finally:
         code = proc.stop(timeout=30)
-    log = proc.log_path.read_text(errors="replace")
-    assert code in (0, -15), log
-    assert "Application shutdown complete" in log and "Traceback" not in log
+    assert_clean_exit(proc, code)
 
 
 @pytest.fixture
@@ -366,19 +343,12 @@ def test_stream_refuses_before_streaming(api_proc, sse):
 
 def test_a_missing_topic_is_503(world, broker, tmp_path):
     dsn, keys = world
-    port = free_port()
-    proc = Proc("api", ["api"], {
-        "ISPSTREAM_DATABASE_URL": dsn,
-        "ISPSTREAM_API_ADDR": f"127.0.0.1:{port}",
-        "ISPSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap,
-        # a prefix no topic has; the embedded broker auto-creates topics on produce
-        # only, so the stream finds none
-        "ISPSTREAM_TOPIC_PREFIX": f"missing{uuid.uuid4().hex[:8]}.",
-    }, tmp_path)
-    base = f"http://127.0.0.1:{port}"
+    # a prefix no topic has; the embedded broker auto-creates topics on produce only, so
+    # the stream finds none
+    proc, base = start_api(dsn, tmp_path, broker.bootstrap,
+                           topic_prefix=f"missing{uuid.uuid4().hex[:8]}.")
     try:
-        wait_until(lambda: httpx.get(f"{base}/healthz", timeout=5).status_code == 200,
-                   timeout=60, what="the API to report healthy")
+        wait_healthy(base, timeout=60)
         c = SseClient(f"{base}/v1/stream/alerts?heartbeat=1", keys["acme"])
         c.wait_started()
         c.close()

@@ -13,16 +13,20 @@ from datetime import date, datetime, timedelta, timezone
 import httpx
 import psycopg
 import pytest
-from fastapi.testclient import TestClient
 
 from ispstream.apikeys import ApiKeyError, Principal, authenticate, create_key, parse_key
 from ispstream.db import tenant_transaction
-from ispstream.inventory import apply_file
-from ispstream.settings import Settings
-from portal_api.app import create_app
 from portal_api.db import ConnectionPool, DatabaseUnavailable, api_role_transaction
-from procs import Proc, free_port, wait_until
+from procs import free_port
 from rating.cycles import cycle_at
+from tests.integration.api_world import (
+    api_client,
+    apply_inventory,
+    assert_clean_exit,
+    get,
+    start_api,
+    wait_healthy,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -138,9 +142,7 @@ def seed(dsn: str, rated=RATED, sessions=SESSIONS) -> None:
 @pytest.fixture
 def world(pg_dsn, tmp_path):
     """Two tenants with inventory, usage, sessions and keys."""
-    path = tmp_path / "inventory.yaml"
-    path.write_text(INVENTORY)
-    apply_file(pg_dsn, path)
+    apply_inventory(pg_dsn, tmp_path, INVENTORY)
     seed(pg_dsn)
     keys = {
         "acme": create_key(pg_dsn, "acme", "operator"),
@@ -151,21 +153,11 @@ def world(pg_dsn, tmp_path):
     return pg_dsn, keys
 
 
-def settings_for(dsn: str, kafka: str = "") -> Settings:
-    return Settings(_env_file=None, database_url=dsn, kafka_bootstrap=kafka)
-
-
 @pytest.fixture
 def api(world):
     dsn, keys = world
-    app = create_app(settings_for(dsn), clock=lambda: NOW)
-    with TestClient(app) as client:
+    with api_client(dsn, NOW) as client:
         yield client, keys
-
-
-def get(client: TestClient, key: str | None, url: str, **params) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return client.get(url, params=params, headers=headers)
 
 
 # --- API keys -----------------------------------------------------------------------
@@ -562,7 +554,7 @@ def test_bad_session_params_are_422(api, params, message):
 
 
 def test_healthz_503_when_kafka_is_not_configured(pg_dsn):
-    with TestClient(create_app(settings_for(pg_dsn))) as client:
+    with api_client(pg_dsn) as client:
         r = client.get("/healthz")
     assert r.status_code == 503
     assert r.json()["status"] == "unavailable"
@@ -572,7 +564,7 @@ def test_healthz_503_when_kafka_is_not_configured(pg_dsn):
 
 def test_healthz_503_when_kafka_is_unreachable(pg_dsn):
     unreachable = f"127.0.0.1:{free_port()}"
-    with TestClient(create_app(settings_for(pg_dsn, unreachable))) as client:
+    with api_client(pg_dsn, kafka=unreachable) as client:
         r = client.get("/healthz")
     assert r.status_code == 503
     assert r.json()["checks"]["kafka"] == {"status": "error", "detail": "Kafka unreachable"}
@@ -580,7 +572,7 @@ def test_healthz_503_when_kafka_is_unreachable(pg_dsn):
 
 def test_healthz_503_when_the_database_is_down(broker):
     dead = f"postgresql://ispstream:ispstream@127.0.0.1:{free_port()}/nothing"
-    with TestClient(create_app(settings_for(dead, broker.bootstrap))) as client:
+    with api_client(dead, kafka=broker.bootstrap) as client:
         r = client.get("/healthz")
         assert r.status_code == 503
         assert r.json()["checks"]["database"] == {"status": "error",
@@ -592,7 +584,7 @@ def test_healthz_503_when_the_database_is_down(broker):
 
 
 def test_healthz_200_with_the_broker(pg_dsn, broker):
-    with TestClient(create_app(settings_for(pg_dsn, broker.bootstrap))) as client:
+    with api_client(pg_dsn, kafka=broker.bootstrap) as client:
         r = client.get("/healthz")
     assert r.status_code == 200, r.text
     assert r.json() == {"status": "ok", "checks": {
@@ -601,7 +593,7 @@ def test_healthz_200_with_the_broker(pg_dsn, broker):
 
 
 def test_openapi_documents_the_endpoints(pg_dsn):
-    with TestClient(create_app(settings_for(pg_dsn))) as client:
+    with api_client(pg_dsn) as client:
         spec = client.get("/openapi.json").json()
         assert client.get("/docs").status_code == 200
     # Exactly these: a route added without being meant (or documented) fails here.
@@ -626,18 +618,9 @@ def test_real_api_process(world, broker, tmp_path):
     cycle = cycle_at(now, 1, "Europe/Berlin")
     seed(dsn, rated=[("acme", "live", (now - timedelta(minutes=1)).isoformat(), "bob",
                       cycle.start_date.isoformat(), 11, 22, 33, 0, 0, "0", [])], sessions=[])
-    port = free_port()
-    proc = Proc("api", ["api"], {
-        "ISPSTREAM_DATABASE_URL": dsn,
-        "ISPSTREAM_API_ADDR": f"127.0.0.1:{port}",
-        "ISPSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap,
-        "ISPSTREAM_TOPIC_PREFIX": "",
-    }, tmp_path)
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start_api(dsn, tmp_path, broker.bootstrap, topic_prefix="")
     try:
-        health = wait_until(
-            lambda: (r := httpx.get(f"{base}/healthz", timeout=5)).status_code == 200 and r,
-            timeout=30, what="the API to report healthy")
+        health = wait_healthy(base, timeout=30)
         assert health.json()["checks"]["kafka"]["status"] == "ok"
         auth = {"Authorization": f"Bearer {keys['acme']}"}
         r = httpx.get(f"{base}/v1/subscribers/bob/usage", headers=auth, timeout=5,
@@ -659,10 +642,7 @@ def test_real_api_process(world, broker, tmp_path):
         assert httpx.get(f"{base}/docs", timeout=5).status_code == 200
     finally:
         code = proc.stop()
-    log = proc.log_path.read_text(errors="replace")
-    # uvicorn shuts down gracefully, then re-raises SIGTERM: -15 is a clean stop too
-    assert code in (0, -15), log
-    assert "Application shutdown complete" in log and "Traceback" not in log
+    assert_clean_exit(proc, code)
 
 
 # --- the connection pool ----------------------------------------------------------------

@@ -14,7 +14,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from collectors.radius import codec, dictionary
 from collectors.radius.spool import Spool, SpoolError
 from ispstream import topics
 from ispstream.contracts import AcctEvent
+from tests.procs import read_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -61,15 +61,7 @@ class CollectorProcess:
     env: dict = field(repr=False)
 
     def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
-                                    timeout=5) as resp:
-            text = resp.read().decode()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                out[name] = float(value)
-        return out
+        return read_metrics(self.metrics_port)
 
     def packets(self, result: str) -> int:
         return int(self.metrics()[f'ispstream_radius_packets_total{{result="{result}"}}'])

@@ -18,10 +18,8 @@ from fastapi.testclient import TestClient
 
 from ispstream.apikeys import create_key, parse_key
 from ispstream.contracts import ActionEvent
-from ispstream.inventory import apply_file
-from ispstream.settings import Settings
-from portal_api.app import create_app
 from procs import free_port
+from tests.integration.api_world import api_client, apply_inventory, auth, beta_basic, get
 
 pytestmark = pytest.mark.integration
 
@@ -40,23 +38,12 @@ tenants:
     subscribers:
       - {username: alice, plan: small}
       - {username: carol, plan: small}
-  - id: beta
-    timezone: Asia/Tokyo
-    currency: JPY
-    plans:
-      - {id: basic, monthly_fee: "3000"}
-    nas:
-      - {ip: 192.0.2.2, name: tokyo-1, secret: s2}
-    subscribers:
-      - {username: alice, plan: basic}
-"""
+""" + beta_basic("alice")
 
 
 @pytest.fixture
 def world(pg_dsn, tmp_path):
-    path = tmp_path / "inventory.yaml"
-    path.write_text(INVENTORY)
-    apply_file(pg_dsn, path)
+    apply_inventory(pg_dsn, tmp_path, INVENTORY)
     keys = {
         "acme": create_key(pg_dsn, "acme", "operator"),
         "acme_admin": create_key(pg_dsn, "acme", "admin"),
@@ -76,9 +63,8 @@ def actions_topic(broker, topic_prefix) -> str:
 
 
 def make_client(dsn: str, kafka: str = "", prefix: str = "", timeout_ms: int = 3000):
-    settings = Settings(_env_file=None, database_url=dsn, kafka_bootstrap=kafka,
-                        topic_prefix=prefix, kafka_delivery_timeout_ms=timeout_ms)
-    return TestClient(create_app(settings, clock=lambda: NOW))
+    return api_client(dsn, NOW, kafka, topic_prefix=prefix,
+                      kafka_delivery_timeout_ms=timeout_ms)
 
 
 @pytest.fixture
@@ -88,16 +74,8 @@ def api(world, broker, topic_prefix, actions_topic):
         yield client, keys
 
 
-def auth(key: str | None) -> dict:
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
 def post(client: TestClient, key: str | None, username: str, body: dict) -> httpx.Response:
     return client.post(f"/v1/subscribers/{username}/actions", json=body, headers=auth(key))
-
-
-def get(client: TestClient, key: str | None, url: str, **params) -> httpx.Response:
-    return client.get(url, params=params, headers=auth(key))
 
 
 def consume(bootstrap: str, topic: str, timeout: float = 20.0) -> list:

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -21,7 +20,7 @@ from collectors.snmp.ber import GET_BULK, decode_message, encode_oid, encode_req
 from conftest import missing_service
 from ispstream import topics
 from ispstream.contracts import DeviceStatus, OnuOpticalPoll
-from tests.procs import Proc, free_port, wait_until
+from tests.procs import Proc, free_port, metrics, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -133,20 +132,6 @@ def collector(tmp_path: Path, broker, topic_prefix: str, olt_db: str):
     for proc in started:
         code = proc.stop(timeout=30)
         assert code == 0, f"exit {code}; log:\n{proc.log()}"
-
-
-def metrics(port: int) -> dict[str, float] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return None
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
 
 
 class Reader:

@@ -19,15 +19,18 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from fastapi.testclient import TestClient
 
 from conftest import missing_service
 from ispstream.apikeys import create_key
-from ispstream.inventory import apply_file
-from ispstream.settings import Settings
-from portal_api.app import create_app
 from portal_api.radius_replies import RadiusMappingError, load, parse_rate, rest_body
-from procs import ROOT, Proc, free_port, wait_until
+from procs import ROOT, free_port, wait_until
+from tests.integration.api_world import (
+    api_client,
+    apply_inventory,
+    auth,
+    beta_basic,
+    start_api,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -53,17 +56,7 @@ tenants:
       - {username: sam, plan: basic}
       - {username: gina, plan: garden}
       - {username: olga, plan: basic}
-  - id: beta
-    timezone: Asia/Tokyo
-    currency: JPY
-    plans:
-      - {id: basic, monthly_fee: "3000"}
-    nas:
-      - {ip: 192.0.2.2, name: tokyo-1, secret: s2}
-    subscribers:
-      - {username: alice, plan: basic}
-      - {username: dave, plan: basic}
-"""
+""" + beta_basic("alice", "dave")
 
 # (tenant, username, state, rate, until)
 STATES = [
@@ -81,9 +74,7 @@ STATES = [
 
 @pytest.fixture
 def world(pg_dsn, tmp_path):
-    path = tmp_path / "inventory.yaml"
-    path.write_text(INVENTORY)
-    apply_file(pg_dsn, path)
+    apply_inventory(pg_dsn, tmp_path, INVENTORY)
     with psycopg.connect(pg_dsn) as conn:
         conn.execute("UPDATE plans SET walled_garden = 'suspended' "
                      "WHERE tenant_id = 'acme' AND id = 'garden'")
@@ -107,18 +98,16 @@ def world(pg_dsn, tmp_path):
 @pytest.fixture
 def api(world):
     dsn, keys = world
-    settings = Settings(_env_file=None, database_url=dsn, kafka_bootstrap="")
-    with TestClient(create_app(settings, clock=lambda: NOW)) as client:
+    with api_client(dsn, NOW) as client:
         yield client, keys
 
 
 def authorize(client, key: str | None, user: str, nas: str | None = "192.0.2.1",
               as_json: bool = False, **extra) -> httpx.Response:
     fields = {"User-Name": user, **({"NAS-IP-Address": nas} if nas else {}), **extra}
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
     if as_json:
-        return client.post("/v1/radius/authorize", json=fields, headers=headers)
-    return client.post("/v1/radius/authorize", data=fields, headers=headers)
+        return client.post("/v1/radius/authorize", json=fields, headers=auth(key))
+    return client.post("/v1/radius/authorize", data=fields, headers=auth(key))
 
 
 def test_answers_per_enforced_state_and_vendor(api):
@@ -427,11 +416,7 @@ def live(world, tmp_path, require_binary):
     if not Path("/usr/lib/freeradius/rlm_rest.so").exists():
         missing_service("FreeRADIUS's rest module (Debian package freeradius-rest)")
     dsn, keys = world
-    port = free_port()
-    api = Proc("api", ["api"], {"ISPSTREAM_DATABASE_URL": dsn,
-                                "ISPSTREAM_API_ADDR": f"127.0.0.1:{port}",
-                                "ISPSTREAM_KAFKA_BOOTSTRAP": ""}, tmp_path)
-    base = f"http://127.0.0.1:{port}"
+    api, base = start_api(dsn, tmp_path)
     servers: list[FreeRadius] = []
     try:
         wait_until(lambda: httpx.get(f"{base}/openapi.json", timeout=5).status_code == 200,

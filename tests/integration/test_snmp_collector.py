@@ -10,7 +10,6 @@ import math
 import os
 import socket
 import time
-import urllib.request
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -26,7 +25,7 @@ from tests.integration.snmp_peers import (  # noqa: F401
     snmpd,
     snmpsim,
 )
-from tests.procs import Proc, free_port, wait_until
+from tests.procs import Proc, free_port, metrics, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -109,18 +108,14 @@ tenants:
 {devices}"""
 
 
-def metrics(port: int) -> dict[str, float] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return None
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
+def collector_env(pg_dsn, broker, topic_prefix, trap_addr: str, metrics_port: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ISPSTREAM_")}
+    env.update({"ISPSTREAM_DATABASE_URL": pg_dsn,
+                "ISPSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap,
+                "ISPSTREAM_TOPIC_PREFIX": topic_prefix,
+                "ISPSTREAM_SNMP_TRAP_ADDR": trap_addr,
+                "ISPSTREAM_SNMP_METRICS_ADDR": f"127.0.0.1:{metrics_port}"})
+    return env
 
 
 class Reader:
@@ -170,16 +165,9 @@ def test_collect_snmp_end_to_end(tmp_path, pg_dsn, broker, topic_prefix, snmpd, 
 
     trap_port = free_port(socket.SOCK_DGRAM)
     metrics_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ISPSTREAM_")}
-    env.update({
-        "ISPSTREAM_DATABASE_URL": pg_dsn,
-        "ISPSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap,
-        "ISPSTREAM_TOPIC_PREFIX": topic_prefix,
-        "ISPSTREAM_SNMP_TRAP_ADDR": f"127.0.0.1:{trap_port}",
-        "ISPSTREAM_SNMP_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
-        "ISPSTREAM_DEVICE_UNREACHABLE_AFTER": str(UNREACHABLE_AFTER),
-        "ISPSTREAM_INVENTORY_REFRESH_S": "1",
-    })
+    env = collector_env(pg_dsn, broker, topic_prefix, f"127.0.0.1:{trap_port}", metrics_port)
+    env.update({"ISPSTREAM_DEVICE_UNREACHABLE_AFTER": str(UNREACHABLE_AFTER),
+                "ISPSTREAM_INVENTORY_REFRESH_S": "1"})
     proc = Proc("collect-snmp", ["collect", "snmp"], env, tmp_path)
     reader = Reader(broker.bootstrap, list(names.values()))
     try:
@@ -308,16 +296,6 @@ def test_collect_snmp_end_to_end(tmp_path, pg_dsn, broker, topic_prefix, snmpd, 
     assert code == 0, log
     for secret in (snmpd.auth_key, snmpd.priv_key, snmpd.community, "olt-community"):
         assert secret not in log
-
-
-def collector_env(pg_dsn, broker, topic_prefix, trap_addr: str, metrics_port: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ISPSTREAM_")}
-    env.update({"ISPSTREAM_DATABASE_URL": pg_dsn,
-                "ISPSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap,
-                "ISPSTREAM_TOPIC_PREFIX": topic_prefix,
-                "ISPSTREAM_SNMP_TRAP_ADDR": trap_addr,
-                "ISPSTREAM_SNMP_METRICS_ADDR": f"127.0.0.1:{metrics_port}"})
-    return env
 
 
 def test_trap_port_in_use_fails_clearly_and_no_traps_does_not_bind(tmp_path, pg_dsn, broker,

@@ -20,43 +20,24 @@ from fastapi.testclient import TestClient
 
 from ispstream.apikeys import create_key, parse_key
 from ispstream.contracts import AlertEvent
-from ispstream.inventory import apply_file
-from ispstream.settings import Settings
-from portal_api.app import create_app
 from portal_api.publisher import Publisher
 from portal_api.routers import stream
+from tests.integration.api_world import (
+    acme_home,
+    api_client,
+    apply_inventory,
+    beta_basic,
+    get,
+    tenants,
+)
 
 pytestmark = pytest.mark.integration
 
 NOW = datetime(2024, 3, 15, 12, 0, tzinfo=timezone.utc)
 UTC = timezone.utc
 
-INVENTORY = """\
-tenants:
-  - id: acme
-    timezone: Europe/Berlin
-    currency: EUR
-    plans:
-      - {id: home, monthly_fee: "30.00"}
-    nas:
-      - {ip: 192.0.2.1, name: bng-1, secret: s1}
-    subscribers:
-      - {username: alice, plan: home}
-      - {username: bob, plan: home}
-      - {username: carol, plan: home}
-      - {username: dave, plan: home}
-      - {username: erin, plan: home}
-  - id: beta
-    timezone: Asia/Tokyo
-    currency: JPY
-    plans:
-      - {id: basic, monthly_fee: "3000"}
-    nas:
-      - {ip: 192.0.2.2, name: tokyo-1, secret: s2}
-    subscribers:
-      - {username: alice, plan: basic}
-      - {username: zed, plan: basic}
-"""
+INVENTORY = tenants(acme_home("alice", "bob", "carol", "dave", "erin"),
+                    beta_basic("alice", "zed"))
 
 # (tenant, id, kind, address, community)
 DEVICES = [
@@ -204,9 +185,7 @@ class RecordingPublisher(Publisher):
 
 @pytest.fixture
 def world(pg_dsn, tmp_path):
-    path = tmp_path / "inventory.yaml"
-    path.write_text(INVENTORY)
-    apply_file(pg_dsn, path)
+    apply_inventory(pg_dsn, tmp_path, INVENTORY)
     seed_telemetry(pg_dsn)
     keys = {
         "acme": create_key(pg_dsn, "acme", "operator"),
@@ -218,23 +197,13 @@ def world(pg_dsn, tmp_path):
     return pg_dsn, keys
 
 
-def settings_for(dsn: str) -> Settings:
-    return Settings(_env_file=None, database_url=dsn, kafka_bootstrap="")
-
-
 @pytest.fixture
 def api(world):
     dsn, keys = world
     publisher = RecordingPublisher()
-    app = create_app(settings_for(dsn), clock=lambda: NOW, publisher=publisher)
-    with TestClient(app) as client:
+    with api_client(dsn, NOW, publisher=publisher) as client:
         client.publisher = publisher
         yield client, keys
-
-
-def get(client: TestClient, key: str | None, url: str, **params) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return client.get(url, params=params, headers=headers)
 
 
 def ack(client: TestClient, key: str, alert_id: str, body=None) -> httpx.Response:
@@ -418,7 +387,7 @@ def test_bad_ack_body_is_422(api, body, message):
 
 def test_ack_records_nothing_when_kafka_does_not_confirm(world):
     dsn, keys = world
-    with TestClient(create_app(settings_for(dsn), clock=lambda: NOW)) as client:
+    with api_client(dsn, NOW) as client:
         r = ack(client, keys["acme"], "a1", {"note": "x"})
     assert r.status_code == 503 and "nothing was recorded" in r.json()["detail"]
     with psycopg.connect(dsn) as conn:
