@@ -18,6 +18,7 @@ BENCHES = [
     "bench.detection_latency",
     "bench.onu_scale",
     "bench.enforce",
+    "bench.session_snapshot",
 ]
 
 

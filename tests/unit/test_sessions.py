@@ -472,6 +472,47 @@ def test_same_records_same_outputs_with_or_without_pickling_in_between():
         assert first + rest == whole
 
 
+def _contents(st: NasState) -> tuple:
+    """Everything a NasState holds, without its cache of pickled sessions."""
+    from rating.sessions import _session_values
+    fields = {k: v for k, v in vars(st).items() if k not in ("sessions", "_pickled")}
+    return fields, {sid: _session_values(s) for sid, s in st.sessions.items()}
+
+
+def test_a_live_state_snapshotted_after_every_step_restores_exactly():
+    """The state keeps each session's pickle until the session changes: every way a
+    session changes (records, resets, late records, reuse, On/Off, stale and expired
+    sweeps) must drop it, so each snapshot restores what the live state holds."""
+    steps = MIXED + [R("Interim-Update", 3200, 0, 0, sid="b"),  # counter reset
+                     R("Start", 3300, sid="c"),  # id reused after its Stop
+                     OFF(3400), R("Interim-Update", 3500, 5, 5, sid="a"),  # reopened
+                     R("Start", 3600, sid="d"), 5000, R("Interim-Update", 5100, 1, 1,
+                                                         sid="d"), 9000, 20000]
+    live = NasState(closed_retention=3000)
+    for step in steps:
+        out = live.sweep(step) if isinstance(step, int) else live.apply(step)
+        restored = pickle.loads(pickle.dumps(live))
+        assert _contents(restored) == _contents(live), (step, out)
+        # and the restored copy goes on exactly like the live one
+        again = pickle.loads(pickle.dumps(restored))
+        assert _contents(again) == _contents(live)
+    assert live.stale and live.evicted and live.resets and live.reused and live.nas_closed
+
+
+def test_state_written_column_by_column_still_restores():
+    """Snapshots of the earlier format (one list per session field) resume."""
+    from rating.sessions import _SESSION_GETTERS
+    st = run(MIXED)[0]
+    old = {k: v for k, v in vars(st).items() if k not in ("sessions", "_pickled")}
+    old["session_ids"] = list(st.sessions)
+    old["session_columns"] = [list(map(g, st.sessions.values())) for g in _SESSION_GETTERS]
+    restored = NasState.__new__(NasState)
+    restored.__setstate__(pickle.loads(pickle.dumps(old)))  # nothing shared with ``st``
+    assert _contents(restored) == _contents(st)
+    assert restored.apply(R("Interim-Update", 4000, 7, 7, sid="a")) == \
+        st.apply(R("Interim-Update", 4000, 7, 7, sid="a"))
+
+
 def test_state_of_another_nas_is_refused():
     st = NasState()
     st.apply(R("Start", 0))
