@@ -195,7 +195,6 @@ class _Session:
 
 
 _session_values = attrgetter(*_Session.__slots__)
-_SESSION_GETTERS = [attrgetter(k) for k in _Session.__slots__]
 _SESSION_SETTERS = [_Session.__dict__[k].__set__ for k in _Session.__slots__]
 
 
@@ -252,7 +251,7 @@ class NasState:
         self.sessions: dict[str, _Session] = {}
         # Each session pickled as it was at the last snapshot, dropped when it changes:
         # a snapshot pickles only the sessions that changed since the one before.
-        self._pickled: dict[str, bytes | memoryview] = {}
+        self._pickled: dict[str, bytes] = {}
         self.watermark: int | None = None  # max event time seen from this NAS
         self.last_sweep: int | None = None
         self.last_reset: tuple[int, str] | None = None  # latest On/Off: (time, reason)
@@ -472,14 +471,14 @@ class NasState:
         new = object.__new__
         setters = _SESSION_SETTERS
         sessions: dict[str, _Session] = {}
-        pickled: dict[str, bytes | memoryview] = {}  # slices of the snapshot it came from
+        pickled: dict[str, bytes] = {}
         if "session_pickles" in state:
             data = memoryview(state.pop("session_pickles"))
             rows = []
             start = 0
             loads = pickle.loads  # one by one: each pickle has its own memo
             for size in state.pop("session_sizes"):
-                b = data[start:start + size]
+                b = bytes(data[start:start + size])  # a copy: the snapshot can go
                 start += size
                 rows.append(loads(b))
                 pickled[rows[-1][0]] = b

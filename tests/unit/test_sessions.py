@@ -501,11 +501,14 @@ def test_a_live_state_snapshotted_after_every_step_restores_exactly():
 
 def test_state_written_column_by_column_still_restores():
     """Snapshots of the earlier format (one list per session field) resume."""
-    from rating.sessions import _SESSION_GETTERS
+    from operator import attrgetter
+
+    from rating.sessions import _Session
     st = run(MIXED)[0]
     old = {k: v for k, v in vars(st).items() if k not in ("sessions", "_pickled")}
     old["session_ids"] = list(st.sessions)
-    old["session_columns"] = [list(map(g, st.sessions.values())) for g in _SESSION_GETTERS]
+    old["session_columns"] = [list(map(attrgetter(k), st.sessions.values()))
+                              for k in _Session.__slots__]
     restored = NasState.__new__(NasState)
     restored.__setstate__(pickle.loads(pickle.dumps(old)))  # nothing shared with ``st``
     assert _contents(restored) == _contents(st)
