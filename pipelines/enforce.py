@@ -60,7 +60,6 @@ STAGE = "flow.enforce"
 
 # --- pure step functions --------------------------------------------------------------------
 
-
 def _check_action(a: ActionEvent) -> None:
     if a.kind == "throttle":
         if not a.rate:
@@ -123,8 +122,6 @@ def subscriber_key(x: AcctEvent | NasReset | ActionEvent | ActionResult) -> str:
 
 def value_of(kv):
     return kv[1]
-
-
 
 
 # --- the per-subscriber step -----------------------------------------------------------------

@@ -73,7 +73,6 @@ DEFAULT_HOLD_S = 10.0  # per-ONU announcements wait this long (channel config ho
 
 # --- parsing --------------------------------------------------------------------------
 
-
 def _check(ev: BaseModel) -> None:
     """What the contract allows but the rules cannot use."""
     if isinstance(ev, TrapEvent):
@@ -178,8 +177,6 @@ def alert_kv(r: AlertRecord) -> tuple[bytes, bytes]:
     """An alert as an ``alerts`` message (``AlertEvent``), keyed tenant/alert key."""
     ev = r.event
     return f"{ev.tenant_id}/{ev.key}".encode(), ev.model_dump_json().encode()
-
-
 
 
 # --- database --------------------------------------------------------------------------

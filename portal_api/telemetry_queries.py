@@ -117,7 +117,7 @@ def alerts_page(conn: psycopg.Connection, principal: Principal, *, states: tuple
     rows = rows[:limit]
     return AlertPagePublic(items=[_alert_public(r, principal) for r in rows],
                            next_cursor=encode_keyset(rows[-1]["opened_at"],
-                                                         rows[-1]["alert_id"]) if more else None)
+                                                     rows[-1]["alert_id"]) if more else None)
 
 
 def _alert_row(conn: psycopg.Connection, tenant_id: str, alert_id: str, *,
