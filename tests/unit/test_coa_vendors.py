@@ -1,4 +1,5 @@
-"""Vendor profiles: rate parsing and the request each operation becomes, per vendor."""
+"""Vendor profiles: the request each operation becomes, per vendor (rate parsing is
+in test_rates.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from collectors.radius.vendors import (
     Session,
     load_profiles,
     parse_profiles,
-    parse_rate,
     request_for,
 )
 
@@ -19,32 +19,6 @@ DICT = load_dictionary()
 PROFILES = load_profiles(dictionary=DICT)
 S = Session(nas_ip="10.0.0.1", session_id="s-1", username="alice", framed_ip="100.64.0.7")
 S_NO_IP = Session(nas_ip="10.0.0.1", session_id="s-1", username="alice")
-
-
-@pytest.mark.parametrize("text, up, down", [
-    ("2M/2M", 2_000_000, 2_000_000),
-    ("512k/1M", 512_000, 1_000_000),
-    ("512K/1M", 512_000, 1_000_000),
-    ("10M", 10_000_000, 10_000_000),
-    ("1.5M/750k", 1_500_000, 750_000),
-    ("1G/100M", 10**9, 10**8),
-    ("64000/128000", 64_000, 128_000),
-    (" 2M/4M ", 2_000_000, 4_000_000),
-])
-def test_parse_rate(text, up, down):
-    r = parse_rate(text)
-    assert (r.up_bps, r.down_bps) == (up, down)
-
-
-@pytest.mark.parametrize("bad", ["", "fast", "2X/2M", "2M/", "-1M", "1.5/1M", "2M/2M/2M"])
-def test_parse_rate_rejects(bad):
-    with pytest.raises(ValueError):
-        parse_rate(bad)
-
-
-def test_rate_name_is_name_safe():
-    assert parse_rate("2M/2M").name == "2M_2M"
-    assert parse_rate("1.5M/1M").name == "1p5M_1M"
 
 
 # (vendor, op, kwargs) -> (request type, attributes)

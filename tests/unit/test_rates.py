@@ -10,14 +10,28 @@ from ispstream.rates import parse_rate
 @pytest.mark.parametrize("text, up, down", [
     ("2M/2M", 2_000_000, 2_000_000),
     ("512k/1M", 512_000, 1_000_000),
+    ("512K/1M", 512_000, 1_000_000),
     ("1.5M/750k", 1_500_000, 750_000),
     ("10M", 10_000_000, 10_000_000),
     ("1G/100M", 10**9, 10**8),
+    ("64000/128000", 64_000, 128_000),
     (" 64k/64k ", 64_000, 64_000),
+    (" 2M/4M ", 2_000_000, 4_000_000),
 ])
 def test_parses_exact_bits_per_second(text, up, down):
     r = parse_rate(text)
     assert (r.up_bps, r.down_bps) == (up, down)
+
+
+@pytest.mark.parametrize("bad", ["", "fast", "2X/2M", "2M/", "-1M", "1.5/1M", "2M/2M/2M"])
+def test_rejects_what_is_not_a_rate(bad):
+    with pytest.raises(ValueError):
+        parse_rate(bad)
+
+
+def test_rate_name_is_name_safe():
+    assert parse_rate("2M/2M").name == "2M_2M"
+    assert parse_rate("1.5M/1M").name == "1p5M_1M"
 
 
 @pytest.mark.parametrize("text, why", [
