@@ -170,9 +170,9 @@ class KafkaInput(FixedPartitionedSource[Message, int]):
         self._tail = tail
         self._config = dict(config or {})
         self._batch = batch
-        # each worker thread builds its partitions on its own thread: one consumer each
-        self._consumers: dict[int, _SharedConsumer] = {}
-        self._lock = threading.Lock()
+        # each worker builds, reads and closes its partitions on its own thread: one
+        # consumer per thread
+        self._worker = threading.local()
 
     def list_parts(self) -> list[str]:
         return list_partitions(self._brokers, self._topics, self._config)
@@ -187,18 +187,12 @@ class KafkaInput(FixedPartitionedSource[Message, int]):
         return _InputPartition(self._consumer(), topic, int(idx), offset)
 
     def _consumer(self) -> _SharedConsumer:
-        worker = threading.get_ident()
-        with self._lock:
-            shared = self._consumers.get(worker)
-            if shared is None:
-                shared = self._consumers[worker] = _SharedConsumer(
-                    self._consumer_config(), self._batch,
-                    partial(self._release, worker))
-            return shared
-
-    def _release(self, worker: int) -> None:
-        with self._lock:
-            self._consumers.pop(worker, None)
+        worker = self._worker
+        shared = getattr(worker, "consumer", None)
+        if shared is None:
+            shared = worker.consumer = _SharedConsumer(self._consumer_config(), self._batch,
+                                                       partial(delattr, worker, "consumer"))
+        return shared
 
     def _consumer_config(self) -> dict:
         # A fetch with nothing to return waits at most 20 ms: Kafka answers as soon as
