@@ -453,9 +453,7 @@ class NasState:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         sessions = state.pop("sessions")
-        pickled = state.pop("_pickled")
-        if len(pickled) > len(sessions):  # never expected: sessions are dropped with theirs
-            pickled = self._pickled = {k: v for k, v in pickled.items() if k in sessions}
+        pickled = state.pop("_pickled")  # only of sessions it holds: evictions drop theirs
         dumps, protocol, parts = pickle.dumps, pickle.HIGHEST_PROTOCOL, []
         for sid, s in sessions.items():
             b = pickled.get(sid)

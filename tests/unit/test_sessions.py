@@ -493,6 +493,7 @@ def test_a_live_state_snapshotted_after_every_step_restores_exactly():
         out = live.sweep(step) if isinstance(step, int) else live.apply(step)
         restored = pickle.loads(pickle.dumps(live))
         assert _contents(restored) == _contents(live), (step, out)
+        assert live._pickled.keys() == live.sessions.keys()  # nothing kept for the gone
         # and the restored copy goes on exactly like the live one
         again = pickle.loads(pickle.dumps(restored))
         assert _contents(again) == _contents(live)
