@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-import pickle
 from operator import attrgetter
 from typing import NamedTuple
+
+from rating.snapshots import dump_entries, load_entries
 
 START = "Start"
 INTERIM = "Interim-Update"
@@ -196,6 +197,12 @@ class _Session:
 
 _session_values = attrgetter(*_Session.__slots__)
 _SESSION_SETTERS = [_Session.__dict__[k].__set__ for k in _Session.__slots__]
+
+
+def _restored_session(values) -> _Session:
+    s = object.__new__(_Session)
+    s.__setstate__(values)
+    return s
 
 
 def _push_generation(old: list | None, boundary: int, hi: int) -> list:
@@ -454,40 +461,23 @@ class NasState:
         state = self.__dict__.copy()
         sessions = state.pop("sessions")
         pickled = state.pop("_pickled")  # only of sessions it holds: evictions drop theirs
-        dumps, protocol, parts = pickle.dumps, pickle.HIGHEST_PROTOCOL, []
-        for sid, s in sessions.items():
-            b = pickled.get(sid)
-            if b is None:
-                pickled[sid] = b = dumps((sid, _session_values(s)), protocol)
-            parts.append(b)
-        state["session_sizes"] = list(map(len, parts))
-        state["session_pickles"] = b"".join(parts)
+        state["session_sizes"], state["session_pickles"] = dump_entries(
+            sessions, pickled, _session_values)
         return state
 
     def __setstate__(self, state: dict) -> None:
         state = dict(state)
-        new = object.__new__
-        setters = _SESSION_SETTERS
         sessions: dict[str, _Session] = {}
         pickled: dict[str, bytes] = {}
         if "session_pickles" in state:
-            data = memoryview(state.pop("session_pickles"))
-            rows = []
-            start = 0
-            loads = pickle.loads  # one by one: each pickle has its own memo
-            for size in state.pop("session_sizes"):
-                b = bytes(data[start:start + size])  # a copy: the snapshot can go
-                start += size
-                rows.append(loads(b))
-                pickled[rows[-1][0]] = b
+            for b, sid, row in load_entries(state.pop("session_sizes"),
+                                            state.pop("session_pickles")):
+                sessions[sid] = _restored_session(row)
+                pickled[sid] = b
         else:  # written column by column, before sessions were pickled one by one
-            rows = zip(state.pop("session_ids"), zip(*state.pop("session_columns")))
+            for sid, row in zip(state.pop("session_ids"), zip(*state.pop("session_columns"))):
+                sessions[sid] = _restored_session(row)
         self.__dict__.update(state)
-        for sid, row in rows:
-            s = new(_Session)
-            for setter, v in zip(setters, row):
-                setter(s, v)
-            sessions[sid] = s
         self.sessions = sessions
         self._pickled = pickled
 
