@@ -61,6 +61,10 @@ class Settings(BaseSettings):
         default=16, ge=1, le=1024,
         description="session state shards per NAS (small snapshots, big NAS over workers); "
         "changing it needs a fresh recovery store")
+    rating_shards: int = Field(
+        default=16, ge=1, le=1024,
+        description="rating state shards per tenant (subscribers by username hash); "
+        "changing it needs a fresh recovery store")
     db_writers: int = Field(
         default=1, ge=1,
         description="writer partitions of each flow output (database connections, Kafka producers)")

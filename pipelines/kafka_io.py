@@ -213,13 +213,14 @@ class KafkaInput(FixedPartitionedSource[Message, int]):
 
 class _OutputPartition(StatefulSinkPartition[X, None], Generic[X]):
     def __init__(self, config: dict, topic: str,
-                 encode: Callable[[X], tuple[bytes | None, bytes]]) -> None:
+                 encode: Callable[[X], tuple[bytes | None, bytes]], lists: bool) -> None:
         # Delivery failures, reported by librdkafka inside poll()/flush() on this thread.
         self._errors: list[str] = []
         self._producer = Producer({**config, "delivery.report.only.error": True,
                                    "on_delivery": self._failed})
         self._topic = topic
         self._encode = encode
+        self._lists = lists
 
     def _failed(self, err, msg) -> None:
         if err is not None:
@@ -227,6 +228,8 @@ class _OutputPartition(StatefulSinkPartition[X, None], Generic[X]):
 
     def write_batch(self, values: list[X]) -> None:
         produce, topic, encode = self._producer.produce, self._topic, self._encode
+        if self._lists:
+            values = [v for vs in values for v in vs]
         for v in values:
             key, value = encode(v)
             while True:
@@ -267,16 +270,19 @@ class KafkaOutput(FixedPartitionedSink[X, None]):
     """A keyed stream to one Kafka topic: ``encode(item)`` gives the message's key and
     value. ``partitions`` producer partitions are spread over the workers (items are
     routed by their stream key). Every epoch waits until Kafka confirmed its messages;
-    a message Kafka refused fails the flow, which then resumes from the last epoch."""
+    a message Kafka refused fails the flow, which then resumes from the last epoch.
+    With ``lists``, each item is a list of values (a batch), each produced on its own."""
 
     def __init__(self, brokers: str, topic: str,
                  encode: Callable[[X], tuple[bytes | None, bytes]], *,
-                 config: dict | None = None, partitions: int = 1) -> None:
+                 config: dict | None = None, partitions: int = 1,
+                 lists: bool = False) -> None:
         self._brokers = brokers
         self._topic = topic
         self._encode = encode
         self._config = dict(config or {})
         self._partitions = partitions
+        self._lists = lists
 
     def list_parts(self) -> list[str]:
         return [f"{self._topic}-{i}" for i in range(self._partitions)]
@@ -284,4 +290,4 @@ class KafkaOutput(FixedPartitionedSink[X, None]):
     def build_part(self, step_id: str, for_part: str, resume_state: None
                    ) -> _OutputPartition[X]:
         return _OutputPartition(producer_config(self._brokers, self._config), self._topic,
-                                self._encode)
+                                self._encode, self._lists)

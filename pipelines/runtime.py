@@ -6,7 +6,9 @@ from __future__ import annotations
 import gc
 import logging
 import pickle
+import sqlite3
 import time
+from contextlib import closing
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -72,6 +74,16 @@ def recovery_config(directory: Path, partitions: int) -> RecoveryConfig:
         directory.mkdir(parents=True, exist_ok=True)
         init_db_dir(directory, partitions)
     return RecoveryConfig(directory)
+
+
+def steps_with_state(directory: Path) -> set[str]:
+    """The step ids (``<flow>.<step>...``) that have state in the recovery store in
+    ``directory`` (none when it does not exist yet)."""
+    steps: set[str] = set()
+    for part in sorted(directory.glob("part-*.sqlite3")):
+        with closing(sqlite3.connect(f"file:{part}?mode=ro", uri=True)) as db:
+            steps.update(r[0] for r in db.execute("SELECT DISTINCT step_id FROM snaps"))
+    return steps
 
 
 #: Allocations between young-generation collections (CPython's default is 700).
@@ -173,12 +185,13 @@ def kafka_input(step_id: str, flow: Dataflow, settings: Settings, topic_names: l
 
 
 def kafka_output(step_id: str, up: KeyedStream, settings: Settings, topic: str,
-                 encode: Callable) -> None:
+                 encode: Callable, *, lists: bool = False) -> None:
     """Produce a keyed stream to ``settings.topic(topic)`` with ``encode(item) -> (key,
-    value)``, confirmed by Kafka before each epoch's offsets are recorded."""
+    value)`` (``lists``: each item is a list of them), confirmed by Kafka before each
+    epoch's offsets are recorded."""
     op.output(step_id, up, KafkaOutput(settings.require_kafka(), settings.topic(topic), encode,
                                        config=settings.kafka_config,
-                                       partitions=settings.db_writers))
+                                       partitions=settings.db_writers, lists=lists))
 
 
 def dead_letter_output(dead: Stream[DeadLetter], settings: Settings) -> None:

@@ -50,6 +50,8 @@ _STAGING = {
               "zero_rated_bytes bigint, over_quota_bytes bigint, charge numeric, "
               "rate_multiplier numeric, flags text[]",
 }
+_CREATE_STAGING = ";".join(f"CREATE TEMP TABLE IF NOT EXISTS {table} ({cols}) "
+                           "ON COMMIT DELETE ROWS" for table, cols in _STAGING.items())
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
@@ -133,18 +135,15 @@ _ROLLUP = _ADD_TO_HOURLY.format(changes=_NEW_ROWS + f"""
   JOIN _rated r ON u.tenant_id = r.tenant_id AND u.record_id = r.record_id
                AND u.piece = r.piece AND u.ts = to_timestamp(r.ts)""")
 
-# The common case, a batch of rows never written before: insert them (no update path)
-# and add them to the rollup as they are, without looking up earlier versions.
+# The common case, a batch of rows never written before: a plain insert (no conflict
+# arbitration: ~20 % less work for PostgreSQL than ON CONFLICT DO NOTHING; it fails if
+# any row exists) and the rows added to the rollup as they are, without looking up
+# earlier versions.
 _INSERT_NEW_RATED = f"""
 INSERT INTO usage_rated ({", ".join(_RATED_COLS)})
 SELECT {_select(_RATED_COLS)} FROM _rated
-ON CONFLICT (tenant_id, record_id, piece, ts) DO NOTHING
 """
 _ROLLUP_NEW = _ADD_TO_HOURLY.format(changes=_NEW_ROWS)
-
-
-class _Replayed(Exception):
-    """The batch holds rows written before (a replay after a restart)."""
 
 
 def write_usage(conn: psycopg.Connection, items: list) -> tuple[int, int]:
@@ -166,27 +165,28 @@ def write_usage(conn: psycopg.Connection, items: list) -> tuple[int, int]:
             prev = snaps.get(key)
             if prev is None or prev.version < it.version:
                 snaps[key] = it
+    if not snaps and not rated:
+        return 0, 0
+    # Statements go in as few round trips as they can: the writer thread waits for the
+    # interpreter lock after each one, up to a switch interval while the flow computes.
     with conn.transaction():
         cur = conn.cursor()
-        for table, cols in _STAGING.items():
-            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} ({cols}) ON COMMIT DELETE ROWS")
+        cur.execute(_CREATE_STAGING)
         if snaps:
             with cur.copy("COPY _snap FROM STDIN") as cp:
                 cp.write("".join(map(_session_line, snaps.values())))
-            cur.execute(_UPSERT_SESSIONS)
         if rated:
             with cur.copy("COPY _rated FROM STDIN") as cp:
                 cp.write("".join(map(_rated_line, rated.values())))
-            try:
-                with conn.transaction():  # a savepoint
-                    cur.execute(_INSERT_NEW_RATED)
-                    if cur.rowcount != len(rated):
-                        raise _Replayed
-                cur.execute(_ROLLUP_NEW)
-            except _Replayed:
-                # Some rows exist: replace them and adjust the rollup by the difference.
-                cur.execute(_ROLLUP)
-                cur.execute(_UPSERT_RATED)
+        sessions = [_UPSERT_SESSIONS] if snaps else []
+        try:
+            with conn.transaction():  # a savepoint
+                cur.execute(";".join(sessions + ([_INSERT_NEW_RATED, _ROLLUP_NEW] if rated
+                                                 else [])))
+        except psycopg.errors.UniqueViolation:
+            # Some rated rows exist (a replay): replace them and adjust the rollup by the
+            # difference.
+            cur.execute(";".join(sessions + [_ROLLUP, _UPSERT_RATED]))
     return len(snaps), len(rated)
 
 
@@ -202,12 +202,15 @@ class _PipelinedPartition(StatefulSinkPartition):
     snapshots of a row coalesce). ``snapshot``, which Bytewax calls at the end of every
     epoch before it records that epoch's state and input offsets, blocks until
     everything queued is committed: the write precedes the commit of offsets. A failed
-    write fails the flow at the next call, and it resumes from the last snapshot.
+    write fails the flow at the next call, and it resumes from the last snapshot. With
+    ``lists``, each item the flow hands over is a list of items (a batch).
     """
 
     def __init__(self, dsn: str, max_queued: int, max_merge: int,
-                 write: WriteFn | None = None, name: str = "usage") -> None:
+                 write: WriteFn | None = None, name: str = "usage", lists: bool = False
+                 ) -> None:
         self._dsn = dsn
+        self._lists = lists
         self._max_queued = max_queued
         self._max_merge = max_merge
         self._write_fn: WriteFn = write or write_usage
@@ -234,7 +237,11 @@ class _PipelinedPartition(StatefulSinkPartition):
             self._cv.wait_for(lambda: len(self._queue) < self._max_queued
                               or self._error is not None)
             self._raise_if_failed()
-            self._queue.extend(values)
+            if self._lists:
+                for v in values:
+                    self._queue.extend(v)
+            else:
+                self._queue.extend(values)
             self._cv.notify_all()
 
     def snapshot(self) -> None:
@@ -293,7 +300,8 @@ class _PipelinedPartition(StatefulSinkPartition):
 class UsageDbSink(FixedPartitionedSink):
     """Bytewax sink writing rated usage and session state to PostgreSQL.
 
-    Items are ``(key, RatedPiece | SessionSnapshot)``; ``partitions`` writer partitions
+    Items are ``(key, [RatedPiece | SessionSnapshot, ...])`` (the usage flow moves
+    batches); ``partitions`` writer partitions
     (each with its own connection and thread) are spread over the workers.
     """
 
@@ -309,7 +317,7 @@ class UsageDbSink(FixedPartitionedSink):
 
     def build_part(self, step_id: str, for_part: str, resume_state) -> _PipelinedPartition:
         return _PipelinedPartition(self._dsn, self._max_queued, self._max_merge,
-                                   write_usage, "usage")
+                                   write_usage, "usage", lists=True)
 
 
 class PipelinedDbSink(FixedPartitionedSink):

@@ -3,13 +3,13 @@
 Run it with ``ispstream flow usage`` (recovery on), or build it in a test with
 ``build_flow(settings, ...)`` and run it with ``bytewax.testing.run_main``.
 
-Shape of the stream, step by step::
+Shape of the stream, step by step (items are batches: a list per key per activation)::
 
     radius.acct (Kafka)                      librdkafka messages
-    -> parse                                 (tenant/nas, AcctRecord) | DeadLetter
+    -> parse                                 (tenant/nas, [AcctRecord]) | DeadLetter
     -> nas_clock (per NAS: route to shards, event-time ticks)
-    -> sessions (state per NAS shard)        SessionDelta | SessionSnapshot
-    -> by_subscriber / rate (per subscriber) RatedPiece | QuotaAction
+    -> sessions (state per NAS shard)        ([SessionDelta], [SessionSnapshot])
+    -> by_rating_shard / rating (per tenant/subscriber shard)  [RatedPiece] | [QuotaAction]
     -> usage_db (PostgreSQL)                 rated pieces + session snapshots, one txn/batch
     -> usage.rated (Kafka)                   RatedUsage JSON, keyed tenant/username
     -> actions (Kafka)                       ActionEvent JSON, keyed tenant/username
@@ -23,6 +23,7 @@ import logging
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache, partial
+from pathlib import Path
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -31,15 +32,17 @@ from confluent_kafka import Message
 from pydantic import ValidationError
 
 from ispstream import topics
-from ispstream.contracts import AcctEvent, ActionEvent, DeadLetter
+from ispstream.contracts import AcctEvent, ActionEvent
 from ispstream.settings import Settings
 from pipelines.catalog import Catalog
 from pipelines.runtime import (consumer_error_letter, dead_letter, dead_letter_output,
-                               kafka_input, kafka_output, run, stateful_apply)
+                               kafka_input, kafka_output, run, stateful_apply,
+                               steps_with_state)
 from pipelines.sinks import UsageDbSink
-from rating.policies import QuotaAction, rate_and_enforce
+from rating.policies import QuotaAction
+from rating.shards import SubscriberShard, shard_of
 from rating.sessions import AcctRecord, NasState, SessionDelta, event_time, total
-from rating.tariff import RatedPiece, SubscriberUsage
+from rating.tariff import RatedPiece
 
 log = logging.getLogger(__name__)
 STAGE = "flow.usage"
@@ -57,20 +60,36 @@ def record_from_event(ev: AcctEvent) -> AcctRecord:
         ev.interim_interval, ev.session_time, ev.framed_ip, ev.terminate_cause)
 
 
-def parse_message(msg: Message) -> tuple[str, AcctRecord] | DeadLetter:
-    """Validate one ``radius.acct`` message against the contract and key it by NAS; bad
-    ones (and consumer errors) become dead letters carrying the reason."""
-    if msg.error() is not None:
-        return consumer_error_letter(STAGE, msg)
-    value = msg.value()
-    try:
-        if value is None:
-            raise ValueError("empty message value")
-        rec = record_from_event(AcctEvent.model_validate_json(value))
-    except (ValidationError, ValueError) as exc:
-        reason = exc.errors(include_url=False) if isinstance(exc, ValidationError) else str(exc)
-        return dead_letter(STAGE, msg, f"invalid radius.acct record: {reason}")
-    return f"{rec.tenant_id}/{rec.nas_id}", rec
+_validate_acct = AcctEvent.__pydantic_validator__.validate_json  # model_validate_json's core
+
+
+def parse_batch(msgs: list[Message]) -> list:
+    """A batch of ``radius.acct`` messages -> one ``(tenant/nas, [AcctRecord, ...])`` per
+    NAS (in arrival order), and for each message that fails the contract (or consumer
+    error) a dead letter carrying the reason.
+
+    The flow moves batches, not events, through its keyed steps: the stream framework
+    costs per item and per key, and a batch per NAS, shard and subscriber shard costs it
+    a fraction of that (the steps get all that arrived since their last activation)."""
+    by_nas: dict[str, list[AcctRecord]] = {}
+    out: list = []
+    for msg in msgs:
+        if msg.error() is not None:
+            out.append(consumer_error_letter(STAGE, msg))
+            continue
+        value = msg.value()
+        try:
+            if value is None:
+                raise ValueError("empty message value")
+            rec = record_from_event(_validate_acct(value))
+        except (ValidationError, ValueError) as exc:
+            reason = exc.errors(include_url=False) if isinstance(exc, ValidationError) \
+                else str(exc)
+            out.append(dead_letter(STAGE, msg, f"invalid radius.acct record: {reason}"))
+            continue
+        by_nas.setdefault(f"{rec.tenant_id}/{rec.nas_id}", []).append(rec)
+    out.extend(by_nas.items())
+    return out
 
 
 def is_keyed(x) -> bool:
@@ -88,63 +107,103 @@ class ClockTick:
     at: int
 
 
-def route_to_shards(shards: int, clock: tuple[int, int] | None, rec: AcctRecord):
-    """Per NAS: route a record to its session shard and keep the NAS's event-time clock.
+def route_to_shards(shards: int, clock: tuple[int, int] | None, recs: list[AcctRecord]
+                    ) -> tuple[tuple[int, int], list[tuple[str, list]]]:
+    """Per NAS: route its records to their session shards and keep the NAS's event-time
+    clock. Returns the new clock and ``(tenant/nas/shard, [AcctRecord | ClockTick, ...])``
+    per shard that got something, each in the records' order.
 
-    Shard = stable hash of the session id, so each state snapshot stays small and one big
-    NAS spreads over workers. Accounting-On/Off concern every session of the NAS and go
-    to every shard. Every ``TICK_EVERY`` seconds of NAS event time, each shard gets a
-    ``ClockTick``, so stale sessions close even in a shard that is quiet itself.
-    State: (watermark, time of the last tick).
+    Shard = stable hash of the session id, so one big NAS spreads over keys.
+    Accounting-On/Off concern every session of the NAS and go to every shard. Every
+    ``TICK_EVERY`` seconds of NAS event time, each shard gets a ``ClockTick`` (after the
+    record that moved the clock), so stale sessions close even in a shard that is quiet
+    itself. State: (watermark, time of the last tick).
     """
-    base = f"{rec.tenant_id}/{rec.nas_id}/"
-    if rec.status in NAS_WIDE:
-        out = [(f"{base}{i}", rec) for i in range(shards)]
-    else:
-        out = [(f"{base}{zlib.crc32(rec.session_id.encode()) % shards}", rec)]
-    watermark, last_tick = clock or (rec.event_time, rec.event_time)
-    if rec.event_time > watermark:
-        watermark = rec.event_time
-    if watermark - last_tick >= TICK_EVERY:
-        last_tick = watermark
-        out.extend((f"{base}{i}", ClockTick(watermark)) for i in range(shards))
-    return (watermark, last_tick), out
+    first = recs[0]
+    base = f"{first.tenant_id}/{first.nas_id}/"
+    keys = [f"{base}{i}" for i in range(shards)]
+    out: dict[str, list] = {}
+
+    def to_all(item) -> None:
+        for k in keys:
+            out.setdefault(k, []).append(item)
+
+    crc = zlib.crc32
+    watermark, last_tick = clock or (first.event_time, first.event_time)
+    for rec in recs:
+        if rec.status in NAS_WIDE:
+            to_all(rec)
+        else:
+            out.setdefault(keys[crc(rec.session_id.encode()) % shards], []).append(rec)
+        if rec.event_time > watermark:
+            watermark = rec.event_time
+        if watermark - last_tick >= TICK_EVERY:
+            last_tick = watermark
+            to_all(ClockTick(watermark))
+    return (watermark, last_tick), list(out.items())
 
 
-def track_sessions(state: NasState, item: AcctRecord | ClockTick) -> list:
-    """Per NAS shard: the session state machine -> deltas and session snapshots."""
-    if type(item) is ClockTick:
-        return state.sweep(item.at)
-    return state.apply(item)
+def track_sessions(state: NasState, items: list) -> list[tuple[list, list]]:
+    """Per NAS shard: the session state machine over a batch of records and ticks ->
+    ``[(deltas, session snapshots)]``, each in order."""
+    deltas: list[SessionDelta] = []
+    snapshots: list = []
+    apply, sweep = state.apply, state.sweep
+    for item in items:
+        for out in (sweep(item.at) if type(item) is ClockTick else apply(item)):
+            if type(out) is SessionDelta:
+                deltas.append(out)
+            else:
+                snapshots.append(out)
+    return [(deltas, snapshots)]
 
 
-def by_subscriber(kv):
-    """Re-key a session delta by subscriber (rating's key); snapshots keep their key."""
-    item = kv[1]
-    if type(item) is SessionDelta:
-        return f"{item.tenant_id}/{item.username or ''}", item
-    return kv
+def by_rating_shard(shards: int, outs: list) -> list:
+    """Re-key what the session shards produced: their deltas as one list per rating shard
+    (``tenant/N``, in order, so each subscriber's deltas stay in order) and their
+    snapshots as one list per session shard (keys route them to database writers)."""
+    res: list = []
+    by_shard: dict[str, list[SessionDelta]] = {}
+    for session_shard, (deltas, snapshots) in outs:
+        if snapshots:
+            res.append((session_shard, snapshots))
+        for d in deltas:
+            by_shard.setdefault(f"{d.tenant_id}/{shard_of(d.username, shards)}", []).append(d)
+    res.extend(by_shard.items())
+    return res
 
 
-def is_keyed_delta(kv) -> bool:
-    return type(kv[1]) is SessionDelta
+def is_delta_list(kv) -> bool:
+    return type(kv[1][0]) is SessionDelta
 
 
-def rate_delta(catalog: Catalog, state: SubscriberUsage, delta: SessionDelta) -> list:
-    """Per subscriber: rate one delta against the subscriber's current tariff; the quota
-    actions its pieces cause (thresholds reached, resumes) follow the pieces."""
-    pieces, actions = rate_and_enforce(state, delta,
-                                       catalog.tariff(delta.tenant_id, delta.username))
+def rate_deltas(catalog: Catalog, shard: SubscriberShard, deltas: list[SessionDelta]
+                ) -> list[list]:
+    """Per rating shard: rate each delta against its subscriber's current tariff ->
+    ``[rated pieces]`` and, when they caused any, ``[quota actions]`` (thresholds
+    reached, resumes)."""
+    pieces: list[RatedPiece] = []
+    actions: list[QuotaAction] = []
+    rate, tariff = shard.rate, catalog.tariff
+    for d in deltas:
+        got, acts = rate(d, tariff(d.tenant_id, d.username))
+        pieces.extend(got)
+        if acts:
+            for a in acts:
+                log.info("quota action %s %s for %s/%s: %s (intent %s)", a.kind,
+                         a.threshold_pct or "", a.tenant_id, a.username, a.reason,
+                         a.intent_id)
+            actions.extend(acts)
+    out: list[list] = []
+    if pieces:
+        out.append(pieces)
     if actions:
-        for a in actions:
-            log.info("quota action %s %s for %s/%s: %s (intent %s)", a.kind,
-                     a.threshold_pct or "", a.tenant_id, a.username, a.reason, a.intent_id)
-        pieces.extend(actions)
-    return pieces
+        out.append(actions)
+    return out
 
 
-def is_keyed_action(kv) -> bool:
-    return type(kv[1]) is QuotaAction
+def is_action_list(kv) -> bool:
+    return type(kv[1][0]) is QuotaAction
 
 
 def value_of(kv):
@@ -210,37 +269,61 @@ def build_flow(
     flow = Dataflow("usage")
     inp = kafka_input("acct_in", flow, settings, [settings.topic(topics.RADIUS_ACCT)], tail)
     # librdkafka Message
-    parsed = op.map("parse", inp, parse_message)
-    # (tenant/nas, AcctRecord) | DeadLetter
+    parsed = op.flat_map_batch("parse", inp, parse_batch)
+    # (tenant/nas, [AcctRecord]) | DeadLetter
     valid = op.branch("valid", parsed, is_keyed)
-    # trues: (tenant/nas, AcctRecord); falses: DeadLetter
+    # trues: (tenant/nas, [AcctRecord]); falses: DeadLetter
     routed = op.stateful_flat_map("nas_clock", valid.trues,
                                   partial(route_to_shards, settings.session_shards))
-    # (tenant/nas, (tenant/nas/shard, AcctRecord | ClockTick))
+    # (tenant/nas, (tenant/nas/shard, [AcctRecord | ClockTick]))
     by_shard = op.map("by_shard", routed, value_of)
-    # (tenant/nas/shard, AcctRecord | ClockTick); On/Off and ticks go to every shard
+    # (tenant/nas/shard, [AcctRecord | ClockTick]); On/Off and ticks go to every shard
     session_out = stateful_apply("sessions", by_shard, partial(NasState, **session_cfg),
                                  track_sessions)
-    # (tenant/nas/shard, SessionDelta | SessionSnapshot)
-    split = op.branch("is_delta", op.map("by_subscriber", session_out, by_subscriber),
-                      is_keyed_delta)
-    # trues: (tenant/username, SessionDelta); falses: (tenant/nas/shard, SessionSnapshot)
-    rate_out = stateful_apply("rate", split.trues, SubscriberUsage, partial(rate_delta, catalog))
-    # (tenant/username, RatedPiece | QuotaAction)
-    is_action = op.branch("is_action", rate_out, is_keyed_action)
-    # trues: (tenant/username, QuotaAction); falses: (tenant/username, RatedPiece)
+    # (tenant/nas/shard, ([SessionDelta], [SessionSnapshot]))
+    split = op.branch("is_delta", op.flat_map_batch(
+        "by_rating_shard", session_out, partial(by_rating_shard, settings.rating_shards)),
+        is_delta_list)
+    # trues: (tenant/N, [SessionDelta]); falses: (tenant/nas/shard, [SessionSnapshot])
+    rate_out = stateful_apply("rating", split.trues, SubscriberShard,
+                              partial(rate_deltas, catalog))
+    # (tenant/N, [RatedPiece] | [QuotaAction])
+    is_action = op.branch("is_action", rate_out, is_action_list)
+    # trues: (tenant/N, [QuotaAction]); falses: (tenant/N, [RatedPiece])
     # rated pieces + session snapshots, one transaction per batch
     op.output("usage_db", op.merge("to_db", is_action.falses, split.falses),
               db_sink or UsageDbSink(settings.dsn(), partitions=settings.db_writers))
-    kafka_output("usage_rated_out", is_action.falses, settings, topics.USAGE_RATED, rated_kv)
+    kafka_output("usage_rated_out", is_action.falses, settings, topics.USAGE_RATED, rated_kv,
+                 lists=True)
     # actions go to Kafka only: the enforcer records what it receives
-    kafka_output("actions_out", is_action.trues, settings, topics.ACTIONS, action_kv)
+    kafka_output("actions_out", is_action.trues, settings, topics.ACTIONS, action_kv,
+                 lists=True)
     dead_letter_output(valid.falses, settings)
     return flow
 
 
+#: Rating state kept per subscriber (step ``rate``), before it was kept per shard.
+RETIRED_RATING_STEP = "usage.rate.stateful.stateful_batch"
+
+
+def check_recovery_store(directory: Path) -> None:
+    """Refuse a recovery store whose rating state this version cannot resume: rating was
+    keyed per subscriber (step ``rate``) before it was keyed per subscriber shard (step
+    ``rating``), and resuming would silently start every subscriber's cycle counters
+    from zero."""
+    if RETIRED_RATING_STEP in steps_with_state(directory):
+        raise SystemExit(
+            f"the recovery store in {directory} holds rating state per subscriber, written "
+            "by an earlier version of the usage flow; this version keeps it per subscriber "
+            "shard and cannot resume it (there is no migration). Keep running the earlier "
+            "version, or start this one on an empty recovery directory "
+            "(ISPSTREAM_RECOVERY_DIR) and an empty database: re-reading only what Kafka "
+            "still holds would bill sessions whose first records are gone twice.")
+
+
 def main(settings: Settings, workers: int = 1) -> int:
     """Run the usage flow in this process with recovery (resumes where it stopped)."""
+    check_recovery_store(settings.recovery_dir)
     catalog = Catalog(settings.dsn(), settings.inventory_refresh_s)
     try:
         return run(build_flow(settings, catalog=catalog), settings, settings.recovery_dir,

@@ -91,14 +91,18 @@ def test_input_resumes_after_the_offsets_of_the_last_epoch(broker, topic_prefix,
     assert sorted(v for _, _, v in again) == [b"b0", b"b1", b"b2", b"b3"]
 
 
-def test_output_produces_keyed_items_and_confirms_them(broker, topic_prefix):
+@pytest.mark.parametrize("lists", [False, True], ids=["items", "lists"])
+def test_output_produces_keyed_items_and_confirms_them(broker, topic_prefix, lists):
     topic = topic_prefix + "out"
     broker.create_topic(topic, 2)
     flow = Dataflow("write")
-    items = [(f"sub{i}", i) for i in range(50)]
+    if lists:  # batches: each item a list of values, each produced on its own
+        items = [(f"sub{i}", list(range(i, min(i + 7, 50)))) for i in range(0, 50, 7)]
+    else:
+        items = [(f"sub{i}", i) for i in range(50)]
     op.output("out", op.input("in", flow, TestingSource(items)),
               KafkaOutput(broker.bootstrap, topic, lambda i: (f"k{i}".encode(), str(i).encode()),
-                          partitions=2))
+                          partitions=2, lists=lists))
     run_main(flow)
     c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "t",
                   "enable.partition.eof": True})
