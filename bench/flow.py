@@ -87,7 +87,12 @@ def produce_load(bootstrap: str, topic: str, sessions: int, interims: int) -> in
                   "input_octets": up % 2**32, "input_gigawords": up >> 32,
                   "output_octets": down % 2**32, "output_gigawords": down >> 32,
                   "framed_ip": f"10.{s >> 16 & 255}.{s >> 8 & 255}.{s & 255}"}
-            p.produce(topic, key=f"bench/nas{s % 4}/S{s}", value=json.dumps(ev))
+            while True:
+                try:
+                    p.produce(topic, key=f"bench/nas{s % 4}/S{s}", value=json.dumps(ev))
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain it
+                    p.poll(0.1)
             n += 1
             if n % 10000 == 0:
                 p.poll(0)
