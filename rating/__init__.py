@@ -1,6 +1,7 @@
 """The money domain, pure: counters -> deltas (``sessions``), tariffs, off-peak splits,
 quota and overage (``tariff``), quota policies and the actions they cause (``policies``),
-billing cycles (``cycles``), money rounding (``money``).
+rating state per subscriber shard (``shards``), billing cycles (``cycles``), money
+rounding (``money``); snapshots that cost what changed (``snapshots``).
 
 No I/O, no clock, no stream framework: data in, data out.
 """
@@ -17,6 +18,7 @@ from rating.sessions import (
     record_id,
     total,
 )
+from rating.shards import SubscriberShard
 from rating.tariff import (
     OffPeakWindow,
     Plan,
@@ -28,7 +30,8 @@ from rating.tariff import (
 
 __all__ = [
     "AcctRecord", "Cycle", "NasState", "OffPeakWindow", "Plan", "QuotaAction", "QuotaPolicy",
-    "RatedPiece", "SessionDelta", "SessionSnapshot", "SubscriberUsage", "Tariff", "cycle_at",
+    "RatedPiece", "SessionDelta", "SessionSnapshot", "SubscriberShard", "SubscriberUsage",
+    "Tariff", "cycle_at",
     "event_time", "overage_charge", "rate_and_enforce", "record_id", "round_money",
     "split_span", "total",
 ]
