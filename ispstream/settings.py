@@ -60,11 +60,11 @@ class Settings(BaseSettings):
     session_shards: int = Field(
         default=16, ge=1, le=1024,
         description="session state shards per NAS (small snapshots, big NAS over workers); "
-        "changing it needs a fresh recovery store")
+        "fixed for the life of a recovery store (the usage flow refuses other counts)")
     rating_shards: int = Field(
         default=16, ge=1, le=1024,
         description="rating state shards per tenant (subscribers by username hash); "
-        "changing it needs a fresh recovery store")
+        "fixed for the life of a recovery store (the usage flow refuses other counts)")
     db_writers: int = Field(
         default=1, ge=1,
         description="writer partitions of each flow output (database connections, Kafka producers)")

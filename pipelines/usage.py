@@ -18,6 +18,7 @@ Shape of the stream, step by step (items are batches: a list per key per activat
 
 from __future__ import annotations
 
+import json
 import json.encoder
 import logging
 import zlib
@@ -304,26 +305,48 @@ def build_flow(
 
 #: Rating state kept per subscriber (step ``rate``), before it was kept per shard.
 RETIRED_RATING_STEP = "usage.rate.stateful.stateful_batch"
+#: The shard counts a recovery store was written with, kept beside it.
+LAYOUT_FILE = "ispstream-usage-layout.json"
+
+_START_OVER = ("Keep running as before, or start on an empty recovery directory "
+               "(ISPSTREAM_RECOVERY_DIR) and an empty database: re-reading only what Kafka "
+               "still holds would bill sessions whose first records are gone twice.")
 
 
-def check_recovery_store(directory: Path) -> None:
-    """Refuse a recovery store whose rating state this version cannot resume: rating was
-    keyed per subscriber (step ``rate``) before it was keyed per subscriber shard (step
-    ``rating``), and resuming would silently start every subscriber's cycle counters
-    from zero."""
-    if RETIRED_RATING_STEP in steps_with_state(directory):
+def check_recovery_store(directory: Path, session_shards: int, rating_shards: int) -> None:
+    """Refuse a recovery store this flow cannot resume correctly, before it starts.
+
+    Its state is keyed by shard, so a store written with other shard counts would leave
+    sessions and subscribers under keys no record reaches any more (their counters would
+    silently start again from zero); the counts are kept in ``LAYOUT_FILE`` beside the
+    store (a store without one is taken to have the current counts). Rating state keyed
+    per subscriber (step ``rate``, before it was keyed per shard) cannot be resumed
+    either.
+    """
+    steps = steps_with_state(directory)
+    if RETIRED_RATING_STEP in steps:
         raise SystemExit(
             f"the recovery store in {directory} holds rating state per subscriber, written "
             "by an earlier version of the usage flow; this version keeps it per subscriber "
-            "shard and cannot resume it (there is no migration). Keep running the earlier "
-            "version, or start this one on an empty recovery directory "
-            "(ISPSTREAM_RECOVERY_DIR) and an empty database: re-reading only what Kafka "
-            "still holds would bill sessions whose first records are gone twice.")
+            f"shard and cannot resume it (there is no migration). {_START_OVER}")
+    layout = {"session_shards": session_shards, "rating_shards": rating_shards}
+    path = directory / LAYOUT_FILE
+    if steps and path.exists():
+        kept = json.loads(path.read_text())
+        if kept != layout:
+            raise SystemExit(
+                f"the recovery store in {directory} was written with {kept}, but the flow "
+                f"is configured with {layout} (ISPSTREAM_SESSION_SHARDS, "
+                "ISPSTREAM_RATING_SHARDS): its state would be left under keys no record "
+                f"reaches. Set the counts back. {_START_OVER}")
+    directory.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(layout) + "\n")
 
 
 def main(settings: Settings, workers: int = 1) -> int:
     """Run the usage flow in this process with recovery (resumes where it stopped)."""
-    check_recovery_store(settings.recovery_dir)
+    check_recovery_store(settings.recovery_dir, settings.session_shards,
+                         settings.rating_shards)
     catalog = Catalog(settings.dsn(), settings.inventory_refresh_s)
     try:
         return run(build_flow(settings, catalog=catalog), settings, settings.recovery_dir,

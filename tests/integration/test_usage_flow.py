@@ -1,5 +1,6 @@
 """The usage flow as a real process, fed directly through Kafka: inventory changes apply
-without a restart, stale sessions close on event time, unknown subscribers are recorded."""
+without a restart, stale sessions close on event time, unknown subscribers are recorded,
+and a restart with other shard counts is refused without touching the state."""
 
 from __future__ import annotations
 
@@ -40,17 +41,22 @@ tenants:
 
 
 @pytest.fixture
-def flow(pg_dsn, broker, topic_prefix, tmp_path):
+def flow_env(pg_dsn, broker, topic_prefix, tmp_path) -> dict:
+    """The inventory applied, the topics created; the flow's environment."""
     inv = tmp_path / "inv.yaml"
     inv.write_text(INVENTORY.replace("PLAN", "cheap"))
     apply_file(pg_dsn, str(inv))
     for t in topics.ALL_TOPICS:
         broker.create_topic(topic_prefix + t, 4)
-    env = {"ISPSTREAM_DATABASE_URL": pg_dsn, "ISPSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap,
-           "ISPSTREAM_TOPIC_PREFIX": topic_prefix,
-           "ISPSTREAM_RECOVERY_DIR": str(tmp_path / "rec"),
-           "ISPSTREAM_SNAPSHOT_INTERVAL_S": "0.5", "ISPSTREAM_INVENTORY_REFRESH_S": "0.5"}
-    proc = Proc("flow", ["flow", "usage"], env, tmp_path)
+    return {"ISPSTREAM_DATABASE_URL": pg_dsn, "ISPSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap,
+            "ISPSTREAM_TOPIC_PREFIX": topic_prefix,
+            "ISPSTREAM_RECOVERY_DIR": str(tmp_path / "rec"),
+            "ISPSTREAM_SNAPSHOT_INTERVAL_S": "0.5", "ISPSTREAM_INVENTORY_REFRESH_S": "0.5"}
+
+
+@pytest.fixture
+def flow(flow_env, pg_dsn, broker, topic_prefix, tmp_path):
+    proc = Proc("flow", ["flow", "usage"], flow_env, tmp_path)
     producer = Producer(producer_config(broker.bootstrap))
 
     def send(status, session, user, t, up=None, down=None, **extra):
@@ -64,7 +70,7 @@ def flow(pg_dsn, broker, topic_prefix, tmp_path):
                          value=json.dumps(ev))
         assert producer.flush(10) == 0
 
-    yield send, inv, pg_dsn
+    yield send, tmp_path / "inv.yaml", pg_dsn, proc
     proc.stop()
 
 
@@ -74,7 +80,7 @@ def _one(dsn, sql, *args):
 
 
 def test_plan_change_applies_without_restart(flow):
-    send, inv, dsn = flow
+    send, inv, dsn, _ = flow
     t0 = int(time.time()) - 3000
     send("Start", "s1", "alice", t0)
     send("Interim-Update", "s1", "alice", t0 + 300, up=0, down=2 * 10**9)
@@ -90,7 +96,7 @@ def test_plan_change_applies_without_restart(flow):
 
 
 def test_stale_sessions_close_on_event_time_and_unknown_users_are_recorded(flow):
-    send, _, dsn = flow
+    send, _, dsn, _ = flow
     t0 = int(time.time()) - 5000
     send("Start", "quiet", "alice", t0, **{"interim_interval": 300})
     send("Interim-Update", "quiet", "alice", t0 + 300, up=10, down=20, interim_interval=300)
@@ -112,3 +118,28 @@ def test_stale_sessions_close_on_event_time_and_unknown_users_are_recorded(flow)
                                   "WHERE username = 'mallory' HAVING sum(upload_bytes) = 24"),
                      30, "mallory's usage")
     assert row == (24, True, True)
+
+
+def test_a_restart_with_other_shard_counts_is_refused_and_the_state_kept(flow, flow_env,
+                                                                          tmp_path):
+    send, _, dsn, running = flow
+    t0 = int(time.time()) - 3000
+    send("Start", "s1", "alice", t0)
+    send("Interim-Update", "s1", "alice", t0 + 300, up=0, down=10**6)
+    wait_until(lambda: _one(dsn, "SELECT count(*) FROM usage_rated")[0] == 1, 30,
+               "the first rated row")
+    time.sleep(1.5)  # a few epochs: the rating state is in the recovery store
+    running.stop()
+    other = Proc("flow-resharded", ["flow", "usage"],
+                 {**flow_env, "ISPSTREAM_RATING_SHARDS": "8"}, tmp_path)
+    wait_until(lambda: not other.alive(), 30, "the resharded flow to refuse to start")
+    log = other.log()
+    assert other.stop() != 0
+    assert "ISPSTREAM_RATING_SHARDS" in log and "configured with" in log
+    again = Proc("flow-again", ["flow", "usage"], flow_env, tmp_path)  # same counts: resumes
+    try:
+        send("Interim-Update", "s1", "alice", t0 + 600, up=0, down=3 * 10**6)
+        wait_until(lambda: _one(dsn, "SELECT sum(download_bytes) FROM usage_rated")[0]
+                   == 3 * 10**6, 30, "the resumed flow to rate only the new bytes")
+    finally:
+        again.stop()

@@ -1,7 +1,9 @@
-"""The usage flow refuses a recovery store whose rating state it cannot resume."""
+"""The usage flow refuses, before it starts, a recovery store it cannot resume correctly:
+rating state kept per subscriber, or state written with other shard counts."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import bytewax.operators as op
@@ -11,7 +13,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource
 
 from pipelines.runtime import recovery_config, stateful_apply, steps_with_state
-from pipelines.usage import check_recovery_store
+from pipelines.usage import LAYOUT_FILE, check_recovery_store
 
 
 def write_store(directory, step: str) -> None:
@@ -28,11 +30,37 @@ def test_a_store_of_the_per_subscriber_rating_step_is_refused(tmp_path):
     write_store(tmp_path, "rate")
     assert "usage.rate.stateful.stateful_batch" in steps_with_state(tmp_path)
     with pytest.raises(SystemExit, match="holds rating state per subscriber"):
-        check_recovery_store(tmp_path)
+        check_recovery_store(tmp_path, 16, 16)
 
 
-def test_a_store_of_the_sharded_rating_step_and_no_store_at_all_are_fine(tmp_path):
-    check_recovery_store(tmp_path / "not-yet")
+def test_a_new_store_records_its_shard_counts_and_resumes_with_the_same(tmp_path):
+    directory = tmp_path / "not-yet"
+    check_recovery_store(directory, 16, 8)
+    assert json.loads((directory / LAYOUT_FILE).read_text()) == \
+        {"session_shards": 16, "rating_shards": 8}
+    write_store(directory, "rating")
+    assert "usage.rating.stateful.stateful_batch" in steps_with_state(directory)
+    check_recovery_store(directory, 16, 8)
+
+
+@pytest.mark.parametrize("sessions, rating", [(32, 8), (16, 4)])
+def test_a_store_written_with_other_shard_counts_is_refused(tmp_path, sessions, rating):
+    check_recovery_store(tmp_path, 16, 8)
     write_store(tmp_path, "rating")
-    assert "usage.rating.stateful.stateful_batch" in steps_with_state(tmp_path)
-    check_recovery_store(tmp_path)
+    with pytest.raises(SystemExit, match="configured with"):
+        check_recovery_store(tmp_path, sessions, rating)
+    # nothing changed: it still resumes with the counts it was written with
+    check_recovery_store(tmp_path, 16, 8)
+
+
+def test_a_store_from_before_the_counts_were_kept_takes_the_current_ones(tmp_path):
+    write_store(tmp_path, "rating")
+    check_recovery_store(tmp_path, 16, 16)
+    with pytest.raises(SystemExit, match="configured with"):
+        check_recovery_store(tmp_path, 16, 32)
+
+
+def test_an_empty_store_may_change_its_counts(tmp_path):
+    check_recovery_store(tmp_path, 16, 16)
+    check_recovery_store(tmp_path, 4, 4)
+    assert json.loads((tmp_path / LAYOUT_FILE).read_text())["rating_shards"] == 4
