@@ -47,18 +47,19 @@ from rating.tariff import RatedPiece
 
 log = logging.getLogger(__name__)
 STAGE = "flow.usage"
+_new = tuple.__new__  # a named tuple from all its fields, at half the cost (see rating.sessions)
 
 
 # --- pure step functions (unit-testable without Bytewax) ----------------------------
 
 def record_from_event(ev: AcctEvent) -> AcctRecord:
     """Translate the collector's event into rating's input (64-bit totals, event time)."""
-    return AcctRecord(
+    return _new(AcctRecord, (
         ev.tenant_id, ev.nas_id, ev.session_id, ev.status, ev.username,
         event_time(ev.event_timestamp, ev.received_at, ev.delay_time),
         total(ev.input_octets, ev.input_gigawords),
         total(ev.output_octets, ev.output_gigawords),
-        ev.interim_interval, ev.session_time, ev.framed_ip, ev.terminate_cause)
+        ev.interim_interval, ev.session_time, ev.framed_ip, ev.terminate_cause))
 
 
 _validate_acct = AcctEvent.__pydantic_validator__.validate_json  # model_validate_json's core

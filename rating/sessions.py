@@ -56,6 +56,10 @@ MAX_EPOCHS = 4
 
 _NO_FLOOR = -(2**63)
 
+#: Builds a named tuple from a tuple of all its fields, without the Python frame of its
+#: generated ``__new__``: half the cost, for the records built once or more per event.
+_new = tuple.__new__
+
 
 class AcctRecord(NamedTuple):
     """One accounting record, protocol-neutral (built from ``ispstream.contracts.AcctEvent``).
@@ -396,9 +400,9 @@ class NasState:
                 if reset:
                     s.resets += 1
                     self.resets += 1
-                out.append(SessionDelta(rec.tenant_id, rec.nas_id, sid, s.username, rid,
-                                      ts_start, t, du, dd,
-                                      (COUNTER_RESET,) if reset else ()))
+                out.append(_new(SessionDelta, (rec.tenant_id, rec.nas_id, sid, s.username,
+                                               rid, ts_start, t, du, dd,
+                                               (COUNTER_RESET,) if reset else ())))
             elif reset:
                 s.resets += 1
                 self.resets += 1
@@ -530,11 +534,11 @@ class NasState:
         # state, not of the order in which other partitions' records came in)
         stopped = s.stopped_at
         last = s.last_time
-        return SessionSnapshot(self.tenant_id, self.nas_id, sid, s.username, s.state,
-                             s.close_reason, s.started_at,
-                             stopped if stopped is not None and stopped > last else last,
-                             stopped, s.billed_up, s.billed_down, s.resets, s.interim,
-                             s.framed_ip, 3 * s.records + s.external)
+        return _new(SessionSnapshot, (
+            self.tenant_id, self.nas_id, sid, s.username, s.state, s.close_reason,
+            s.started_at, stopped if stopped is not None and stopped > last else last,
+            stopped, s.billed_up, s.billed_down, s.resets, s.interim, s.framed_ip,
+            3 * s.records + s.external))
 
     def _nas_event(self, rec: AcctRecord) -> list[SessionSnapshot]:
         rid = record_id(rec)

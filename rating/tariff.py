@@ -20,6 +20,8 @@ from rating.money import overage_charge
 from rating.policies import QuotaPolicy, Threshold, thresholds
 from rating.sessions import SessionDelta
 
+_new = tuple.__new__  # a named tuple from all its fields, at half the cost (see sessions)
+
 QUOTA_COUNTS = ("download", "upload", "total")
 OVER_QUOTA = "over_quota"
 UNKNOWN_SUBSCRIBER = "unknown_subscriber"
@@ -319,10 +321,10 @@ class SubscriberUsage:
 
             charge = overage_charge(over, price) if over and price is not None else _ZERO
             flags = base_flags + (OVER_QUOTA,) if over else base_flags
-            out.append(RatedPiece(delta.tenant_id, username, delta.nas_id, delta.session_id,
-                                  delta.record_id, i, s, e, plan_id, cstart, up, down,
-                                  billable, zero_rated, over, charge, tariff.currency, mult,
-                                  flags))
+            out.append(_new(RatedPiece, (delta.tenant_id, username, delta.nas_id,
+                                         delta.session_id, delta.record_id, i, s, e, plan_id,
+                                         cstart, up, down, billable, zero_rated, over, charge,
+                                         tariff.currency, mult, flags)))
         if len(used) > KEEP_CYCLES:
             for old in sorted(used)[:-KEEP_CYCLES]:
                 del used[old]
