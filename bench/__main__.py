@@ -19,6 +19,7 @@ BENCHES = [
     "bench.onu_scale",
     "bench.enforce",
     "bench.session_snapshot",
+    "bench.hot_path",
 ]
 
 
