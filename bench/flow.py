@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import psycopg
 from bytewax._bytewax import cli_main
@@ -72,30 +73,38 @@ def drop_db(dsn: str) -> None:
             time.sleep(0.5)
 
 
-def produce_load(bootstrap: str, topic: str, sessions: int, interims: int) -> int:
-    """Start + interims + Stop for every session, interleaved like a real NAS; returns count."""
-    p = Producer(producer_config(bootstrap, **{"linger.ms": 20}))
-    t0 = int(time.time()) - (interims + 2) * 300
-    n = 0
+def load_events(sessions: int, interims: int, t0: int) -> Iterator[dict]:
+    """The benchmark's ``radius.acct`` events from ``t0`` on: Start, ``interims``
+    Interim-Updates with growing counters (incl. gigawords) and Stop for every session,
+    sessions over 4 NAS, interleaved by time like a real NAS (step by step)."""
     for step in range(interims + 2):
         status = "Start" if step == 0 else ("Stop" if step == interims + 1 else "Interim-Update")
         for s in range(sessions):
             up, down = step * 1_000_003 * (s % 7 + 1), step * 25_000_017 * (s % 11 + 1)
-            ev = {"v": 1, "tenant_id": "bench", "nas_id": f"nas{s % 4}", "nas_ip": "127.0.0.1",
-                  "status": status, "session_id": f"S{s}", "username": f"u{s}",
-                  "received_at": t0 + step * 300 + s % 300, "event_timestamp": t0 + step * 300 + s % 300,
-                  "input_octets": up % 2**32, "input_gigawords": up >> 32,
-                  "output_octets": down % 2**32, "output_gigawords": down >> 32,
-                  "framed_ip": f"10.{s >> 16 & 255}.{s >> 8 & 255}.{s & 255}"}
-            while True:
-                try:
-                    p.produce(topic, key=f"bench/nas{s % 4}/S{s}", value=json.dumps(ev))
-                    break
-                except BufferError:  # the local queue is full: let deliveries drain it
-                    p.poll(0.1)
-            n += 1
-            if n % 10000 == 0:
-                p.poll(0)
+            t = t0 + step * 300 + s % 300
+            yield {"v": 1, "tenant_id": "bench", "nas_id": f"nas{s % 4}", "nas_ip": "127.0.0.1",
+                   "status": status, "session_id": f"S{s}", "username": f"u{s}",
+                   "received_at": t, "event_timestamp": t,
+                   "input_octets": up % 2**32, "input_gigawords": up >> 32,
+                   "output_octets": down % 2**32, "output_gigawords": down >> 32,
+                   "framed_ip": f"10.{s >> 16 & 255}.{s >> 8 & 255}.{s & 255}"}
+
+
+def produce_load(bootstrap: str, topic: str, sessions: int, interims: int) -> int:
+    """``load_events`` ending now, produced to ``topic``; returns the count."""
+    p = Producer(producer_config(bootstrap, **{"linger.ms": 20}))
+    n = 0
+    for ev in load_events(sessions, interims, int(time.time()) - (interims + 2) * 300):
+        while True:
+            try:
+                p.produce(topic, key=f"bench/{ev['nas_id']}/{ev['session_id']}",
+                          value=json.dumps(ev))
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                p.poll(0.1)
+        n += 1
+        if n % 10000 == 0:
+            p.poll(0)
     assert p.flush(60) == 0, "not every benchmark record was delivered"
     return n
 

@@ -17,8 +17,10 @@ import sys
 import time
 from datetime import time as dtime
 from decimal import Decimal
+from itertools import islice
 
 from bench._common import machine_info, write_result
+from bench.flow import load_events
 from pipelines.runtime import tune_gc
 from pipelines.sinks import _rated_line, _session_line
 from pipelines.usage import _validate_acct, rated_kv, record_from_event
@@ -30,21 +32,10 @@ T0 = 1_790_000_000
 
 
 def load(sessions: int, interims: int) -> list[bytes]:
-    """``radius.acct`` values: Start and interims of every session, interleaved by time."""
-    out = []
-    for step in range(interims + 1):
-        status = "Start" if step == 0 else "Interim-Update"
-        for s in range(sessions):
-            up, down = step * 1_000_003 * (s % 7 + 1), step * 25_000_017 * (s % 11 + 1)
-            t = T0 + step * 300 + s % 300
-            out.append(json.dumps({
-                "v": 1, "tenant_id": "bench", "nas_id": f"nas{s % 4}", "nas_ip": "127.0.0.1",
-                "status": status, "session_id": f"S{s}", "username": f"u{s}",
-                "received_at": t, "event_timestamp": t,
-                "input_octets": up % 2**32, "input_gigawords": up >> 32,
-                "output_octets": down % 2**32, "output_gigawords": down >> 32,
-                "framed_ip": f"10.0.{s >> 8 & 255}.{s & 255}"}).encode())
-    return out
+    """``radius.acct`` values of ``bench.flow``'s load without the Stops: the Start and
+    ``interims`` Interim-Updates of every session, interleaved by time."""
+    events = islice(load_events(sessions, interims, T0), sessions * (interims + 1))
+    return [json.dumps(ev).encode() for ev in events]
 
 
 def tariff() -> Tariff:
