@@ -23,7 +23,7 @@ from bench._common import machine_info, write_result
 from bench.flow import load_events
 from pipelines.runtime import tune_gc
 from pipelines.sinks import _rated_line, _session_line
-from pipelines.usage import _validate_acct, rated_kv, record_from_event
+from pipelines.usage import _decode_acct, rated_kv, record_from_event
 from rating.sessions import NasState, SessionDelta
 from rating.shards import SubscriberShard
 from rating.tariff import OffPeakWindow, Plan, Tariff
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     tune_gc()
     values = load(args.sessions, args.interims)
-    events = [_validate_acct(v) for v in values]
+    events = [_decode_acct(v) for v in values]
     records = [record_from_event(e) for e in events]
 
     def sessions() -> list:
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     pieces = rate()
     r, n = args.rounds, len(values)
     stages = {
-        "contract validation": timed(r, n, lambda: [_validate_acct(v) for v in values]),
+        "contract validation": timed(r, n, lambda: [_decode_acct(v) for v in values]),
         "record from event": timed(r, n, lambda: [record_from_event(e) for e in events]),
         "session state machine": timed(r, n, sessions),
         "rating": timed(r, n, rate),
