@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import psycopg
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -146,15 +146,19 @@ SELECT {_select(_RATED_COLS)} FROM _rated
 _ROLLUP_NEW = _ADD_TO_HOURLY.format(changes=_NEW_ROWS)
 
 
-def write_usage(conn: psycopg.Connection, items: list) -> tuple[int, int]:
-    """Write one batch of ``SessionSnapshot`` and ``RatedPiece`` items in one transaction.
+class UsageBatch(NamedTuple):
+    """One transaction's worth of usage, deduplicated and formatted as COPY text."""
 
-    Returns (sessions, rated rows) written. Within the batch the last snapshot of a session
-    and the last version of a rated piece win (a statement may touch a row only once).
-    """
-    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        raise RuntimeError("write_usage needs a connection outside a transaction: its "
-                           "staging tables are emptied when its own transaction commits")
+    sessions: int
+    rated: int
+    session_copy: str
+    rated_copy: str
+
+
+def prepare_usage(items: list) -> UsageBatch:
+    """Deduplicate and format a batch of ``SessionSnapshot`` and ``RatedPiece`` items
+    (pure Python, no database): within the batch the last snapshot of a session and the
+    last version of a rated piece win (a statement may touch a row only once)."""
     snaps: dict[tuple, SessionSnapshot] = {}
     rated: dict[tuple, RatedPiece] = {}
     for it in items:
@@ -165,65 +169,94 @@ def write_usage(conn: psycopg.Connection, items: list) -> tuple[int, int]:
             prev = snaps.get(key)
             if prev is None or prev.version < it.version:
                 snaps[key] = it
-    if not snaps and not rated:
+    return UsageBatch(len(snaps), len(rated), "".join(map(_session_line, snaps.values())),
+                      "".join(map(_rated_line, rated.values())))
+
+
+def write_prepared_usage(conn: psycopg.Connection, batch: UsageBatch) -> tuple[int, int]:
+    """Write one prepared batch in one transaction; returns (sessions, rated rows)."""
+    if not batch.sessions and not batch.rated:
         return 0, 0
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        raise RuntimeError("write_usage needs a connection outside a transaction: its "
+                           "staging tables are emptied when its own transaction commits")
     # Statements go in as few round trips as they can: the writer thread waits for the
     # interpreter lock after each one, up to a switch interval while the flow computes.
     with conn.transaction():
         cur = conn.cursor()
         cur.execute(_CREATE_STAGING)
-        if snaps:
+        if batch.sessions:
             with cur.copy("COPY _snap FROM STDIN") as cp:
-                cp.write("".join(map(_session_line, snaps.values())))
-        if rated:
+                cp.write(batch.session_copy)
+        if batch.rated:
             with cur.copy("COPY _rated FROM STDIN") as cp:
-                cp.write("".join(map(_rated_line, rated.values())))
-        sessions = [_UPSERT_SESSIONS] if snaps else []
+                cp.write(batch.rated_copy)
+        sessions = [_UPSERT_SESSIONS] if batch.sessions else []
         try:
             with conn.transaction():  # a savepoint
-                cur.execute(";".join(sessions + ([_INSERT_NEW_RATED, _ROLLUP_NEW] if rated
-                                                 else [])))
+                cur.execute(";".join(sessions + ([_INSERT_NEW_RATED, _ROLLUP_NEW]
+                                                 if batch.rated else [])))
         except psycopg.errors.UniqueViolation:
             # Some rated rows exist (a replay): replace them and adjust the rollup by the
             # difference.
             cur.execute(";".join(sessions + [_ROLLUP, _UPSERT_RATED]))
-    return len(snaps), len(rated)
+    return batch.sessions, batch.rated
 
 
-WriteFn = Callable[[psycopg.Connection, list], object]
+def write_usage(conn: psycopg.Connection, items: list) -> tuple[int, int]:
+    """Write one batch of ``SessionSnapshot`` and ``RatedPiece`` items in one transaction
+    (``prepare_usage`` then ``write_prepared_usage``). Returns (sessions, rated rows)
+    written."""
+    return write_prepared_usage(conn, prepare_usage(items))
+
+
+WriteFn = Callable[[psycopg.Connection, Any], object]
+
+
+def _as_is(items: list) -> list:
+    return items
 
 
 class _PipelinedPartition(StatefulSinkPartition):
-    """Writes batches on a background thread, so the flow keeps computing meanwhile.
+    """Writes batches on background threads, so the flow keeps computing meanwhile.
 
-    ``write(conn, items)`` writes one batch in one transaction (idempotently: a batch
-    may be written again after a reconnect or a replay). Whatever queued up while the
-    previous transaction ran is merged into the next one (under backlog, repeated
+    Two stages, each on its own thread: ``prepare(items)`` turns whatever queued up
+    since the last batch was taken into one batch (pure Python: deduplicating,
+    formatting), while ``write(conn, prepared)`` writes the previous one in one
+    transaction (idempotently: a batch may be written again after a reconnect or a
+    replay). So PostgreSQL works on one batch while the next is formatted, and a batch
+    is taken only once the previous one went to the database (under backlog, repeated
     snapshots of a row coalesce). ``snapshot``, which Bytewax calls at the end of every
     epoch before it records that epoch's state and input offsets, blocks until
     everything queued is committed: the write precedes the commit of offsets. A failed
-    write fails the flow at the next call, and it resumes from the last snapshot. With
-    ``lists``, each item the flow hands over is a list of items (a batch).
+    prepare or write fails the flow at the next call, and it resumes from the last
+    snapshot. With ``lists``, each item the flow hands over is a list of items (a batch).
     """
 
     def __init__(self, dsn: str, max_queued: int, max_merge: int,
-                 write: WriteFn | None = None, name: str = "usage", lists: bool = False
-                 ) -> None:
+                 write: WriteFn | None = None, name: str = "usage", lists: bool = False,
+                 prepare: Callable[[list], Any] = _as_is) -> None:
         self._dsn = dsn
         self._lists = lists
         self._max_queued = max_queued
         self._max_merge = max_merge
+        self._prepare_fn = prepare
         self._write_fn: WriteFn = write or write_usage
         self._name = name
         self._cv = threading.Condition()
         self._queue: list = []
-        self._busy = False
+        self._preparing = False  # the preparer holds items taken from the queue
+        self._ready: list = []  # at most one prepared batch, for the writer
+        self._writing = False
         self._error: BaseException | None = None
         self._closing = False
         self._conn = connect(dsn)
-        self._thread = threading.Thread(target=self._run, name=f"{name}-db-writer",
-                                        daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run_prepare, name=f"{name}-db-prepare",
+                             daemon=True),
+            threading.Thread(target=self._run_write, name=f"{name}-db-writer", daemon=True)]
+        for t in self._threads:
+            t.start()
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -244,10 +277,12 @@ class _PipelinedPartition(StatefulSinkPartition):
                 self._queue.extend(values)
             self._cv.notify_all()
 
+    def _idle(self) -> bool:
+        return not (self._queue or self._preparing or self._ready or self._writing)
+
     def snapshot(self) -> None:
         with self._cv:
-            self._cv.wait_for(lambda: (not self._queue and not self._busy)
-                              or self._error is not None)
+            self._cv.wait_for(lambda: self._idle() or self._error is not None)
             self._raise_if_failed()
         return None
 
@@ -261,40 +296,67 @@ class _PipelinedPartition(StatefulSinkPartition):
         with self._cv:
             self._closing = True
             self._cv.notify_all()
-        self._thread.join(10)
+        for t in self._threads:
+            t.join(10)
         self._conn.close()
 
-    def _run(self) -> None:
+    def _fail(self, exc: BaseException, what: str) -> None:
+        log.error("%s database %s failed", self._name, what, exc_info=exc)
+        with self._cv:
+            self._error = exc
+            self._preparing = self._writing = False
+            self._cv.notify_all()
+
+    def _run_prepare(self) -> None:
         while True:
             with self._cv:
-                self._cv.wait_for(lambda: self._queue or self._closing)
-                if not self._queue:
+                # the next batch is taken once the previous one went to the writer
+                self._cv.wait_for(lambda: self._error is not None
+                                  or (not self._ready and (self._queue or self._closing)))
+                if self._error is not None or not self._queue:
                     return
                 batch = self._queue[: self._max_merge]
                 del self._queue[: self._max_merge]
-                self._busy = True
+                self._preparing = True
+                self._cv.notify_all()  # room in the queue
             try:
-                self._write(batch)
+                prepared = self._prepare_fn(batch)
             except BaseException as exc:  # noqa: BLE001 - surfaced to the flow thread
-                log.exception("%s database write failed", self._name)
-                with self._cv:
-                    self._error = exc
-                    self._busy = False
-                    self._cv.notify_all()
+                self._fail(exc, "prepare")
                 return
             with self._cv:
-                self._busy = False
+                self._ready.append(prepared)
+                self._preparing = False
                 self._cv.notify_all()
 
-    def _write(self, batch: list) -> None:
+    def _run_write(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._ready or self._error is not None
+                                  or (self._closing and self._idle()))
+                if self._error is not None or not self._ready:
+                    return
+                prepared = self._ready.pop(0)
+                self._writing = True
+                self._cv.notify_all()  # the preparer may take the next batch
+            try:
+                self._write(prepared)
+            except BaseException as exc:  # noqa: BLE001 - surfaced to the flow thread
+                self._fail(exc, "write")
+                return
+            with self._cv:
+                self._writing = False
+                self._cv.notify_all()
+
+    def _write(self, prepared) -> None:
         try:
-            self._write_fn(self._conn, batch)
+            self._write_fn(self._conn, prepared)
         except psycopg.OperationalError:
             # The connection broke: reconnect once and retry the same idempotent batch.
             log.warning("database connection lost; reconnecting")
             self._conn.close()
             self._conn = connect(self._dsn)
-            self._write_fn(self._conn, batch)
+            self._write_fn(self._conn, prepared)
 
 
 class UsageDbSink(FixedPartitionedSink):
@@ -317,7 +379,8 @@ class UsageDbSink(FixedPartitionedSink):
 
     def build_part(self, step_id: str, for_part: str, resume_state) -> _PipelinedPartition:
         return _PipelinedPartition(self._dsn, self._max_queued, self._max_merge,
-                                   write_usage, "usage", lists=True)
+                                   write_prepared_usage, "usage", lists=True,
+                                   prepare=prepare_usage)
 
 
 class PipelinedDbSink(FixedPartitionedSink):
