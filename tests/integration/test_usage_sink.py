@@ -101,3 +101,11 @@ def test_sessions_only_move_to_a_higher_version(conn):
     write_usage(conn, [snap("S1", 9, 250), piece(1)._replace(session_id="S1")])
     assert conn.execute("SELECT upload_bytes FROM sessions WHERE session_id = 'S1'"
                         ).fetchone()[0] == 250
+
+
+def test_tables_updated_in_place_leave_room_for_hot_updates(conn):
+    """sessions and usage_hourly rows are rewritten by every batch: their pages keep room
+    so the new versions stay on the page (migrations 0010 and 0012)."""
+    opts = dict(conn.execute("SELECT relname, reloptions FROM pg_class "
+                             "WHERE relname IN ('sessions', 'usage_hourly')").fetchall())
+    assert opts == {"sessions": ["fillfactor=70"], "usage_hourly": ["fillfactor=70"]}
