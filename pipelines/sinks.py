@@ -364,7 +364,7 @@ class UsageDbSink(FixedPartitionedSink):
 
     Items are ``(key, [RatedPiece | SessionSnapshot, ...])`` (the usage flow moves
     batches); ``partitions`` writer partitions
-    (each with its own connection and thread) are spread over the workers.
+    (each with its own connection and two threads) are spread over the workers.
     """
 
     def __init__(self, dsn: str, partitions: int = 1, max_queued: int = 200_000,
@@ -386,7 +386,7 @@ class UsageDbSink(FixedPartitionedSink):
 class PipelinedDbSink(FixedPartitionedSink):
     """A Bytewax sink writing ``(key, item)`` batches with ``write(conn, items)`` on
     ``partitions`` pipelined writer partitions (each with its own connection and
-    thread), with the same epoch barrier as the usage sink. Items are routed to a
+    two threads), with the same epoch barrier as the usage sink. Items are routed to a
     partition by key, so one key's items are always written in order."""
 
     def __init__(self, dsn: str, write: WriteFn, name: str, partitions: int = 1,

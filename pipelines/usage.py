@@ -53,7 +53,8 @@ _new = tuple.__new__  # a named tuple from all its fields, at half the cost (see
 # --- pure step functions (unit-testable without Bytewax) ----------------------------
 
 def record_from_event(ev: AcctEvent) -> AcctRecord:
-    """Translate the collector's event into rating's input (64-bit totals, event time)."""
+    """Translate the collector's event into rating's input (64-bit totals, event time).
+    ``ev`` is what ``_decode_acct`` gives: the contract's fields as attributes."""
     return _new(AcctRecord, (
         ev.tenant_id, ev.nas_id, ev.session_id, ev.status, ev.username,
         event_time(ev.event_timestamp, ev.received_at, ev.delay_time),
@@ -225,7 +226,7 @@ def rated_body(p: RatedPiece) -> bytes:
 
 def rated_kv(p: RatedPiece) -> tuple[bytes, bytes]:
     """A rated piece as a ``usage.rated`` message (key, value), keyed by subscriber."""
-    return f"{p.tenant_id}/{p.username}".encode(), _encode_rated(1, *p)
+    return f"{p.tenant_id}/{p.username}".encode(), rated_body(p)
 
 
 def action_kv(a: QuotaAction) -> tuple[bytes, bytes]:
