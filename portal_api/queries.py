@@ -9,7 +9,7 @@ without the extension.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 
 import psycopg
@@ -121,13 +121,26 @@ def usage_by_day(conn: psycopg.Connection, tenant_id: str, username: str, start:
     return [(r[0], r[1], Totals.from_row(r[3:])) for r in rows]
 
 
+# (days before the cycle's start date, length) of the rows a cycle can hold: a margin
+# for zone offsets (up to 14 h) on both sides of at most 31 days.
+CYCLE_WINDOW = (timedelta(days=1), timedelta(days=33))
+
+
 def cycle_totals(conn: psycopg.Connection, tenant_id: str, username: str,
                  cycle_start: date) -> Totals:
-    """Sums over the rated rows the rater assigned to the cycle starting ``cycle_start``."""
+    """Sums over the rated rows the rater assigned to the cycle starting ``cycle_start``.
+
+    The rows are found through the subscriber's time index: a row of the cycle ends
+    (``ts``) within the cycle, which starts on ``cycle_start`` in the tenant's zone
+    (within 14 h of that date's UTC midnight) and lasts at most 31 days, so
+    ``CYCLE_WINDOW`` around the date holds all of them, whatever zone or anchor day
+    the rater used; ``cycle_start`` then picks exactly the cycle's rows."""
+    since = datetime.combine(cycle_start, time(), timezone.utc) - CYCLE_WINDOW[0]
     row = conn.execute(
         f"""SELECT {_SUMS} FROM usage_rated
-            WHERE tenant_id = %s AND username = %s AND cycle_start = %s""",
-        (tenant_id, username, cycle_start),
+            WHERE tenant_id = %s AND username = %s AND ts >= %s AND ts < %s
+              AND cycle_start = %s""",
+        (tenant_id, username, since, since + CYCLE_WINDOW[1], cycle_start),
     ).fetchone()
     return Totals.from_row(row)
 

@@ -109,3 +109,27 @@ def test_tables_updated_in_place_leave_room_for_hot_updates(conn):
     opts = dict(conn.execute("SELECT relname, reloptions FROM pg_class "
                              "WHERE relname IN ('sessions', 'usage_hourly')").fetchall())
     assert opts == {"sessions": ["fillfactor=70"], "usage_hourly": ["fillfactor=70"]}
+
+
+def test_cycle_totals_count_exactly_the_cycles_rows_at_its_edges(conn):
+    """The cycle's totals are read through the time index, within a window around the
+    cycle's start date: rows at the extreme edges a zone allows (a cycle starting at
+    local midnight in UTC+14, ending at local midnight in UTC-12 after 31 days) count,
+    the neighbouring cycles' rows in the window do not."""
+    from datetime import datetime, timezone
+
+    from portal_api.queries import cycle_totals
+
+    def at(iso: str) -> int:
+        return int(datetime.fromisoformat(iso).replace(tzinfo=timezone.utc).timestamp())
+
+    nov, oct_, dec = date(2023, 11, 1), date(2023, 10, 1), date(2023, 12, 1)
+    rows = [(1, "2023-10-31T10:00:00", nov, 10), (2, "2023-12-02T12:00:00", nov, 20),
+            (3, "2023-11-15T00:00:00", nov, 30), (4, "2023-10-31T11:00:00", oct_, 5),
+            (5, "2023-12-01T00:00:00", dec, 7), (6, "2023-11-20T00:00:00", nov, 40)]
+    write_usage(conn, [piece(i, billable=b, ts=at(ts))._replace(cycle_start=c)
+                       for i, ts, c, b in rows])
+    write_usage(conn, [piece(7, billable=50, user="bob")])
+    assert cycle_totals(conn, "acme", "alice", nov).billable_bytes == 100
+    assert cycle_totals(conn, "acme", "alice", oct_).billable_bytes == 5
+    assert cycle_totals(conn, "acme", "alice", dec).billable_bytes == 7
