@@ -133,3 +133,17 @@ def test_cycle_totals_count_exactly_the_cycles_rows_at_its_edges(conn):
     assert cycle_totals(conn, "acme", "alice", nov).billable_bytes == 100
     assert cycle_totals(conn, "acme", "alice", oct_).billable_bytes == 5
     assert cycle_totals(conn, "acme", "alice", dec).billable_bytes == 7
+
+
+def test_a_failed_batch_leaves_nothing_and_the_connection_usable(conn):
+    """A batch failing half-way (a row the database refuses) is rolled back whole: no
+    session, no row, no rollup; the next batch on the same connection is written."""
+    bad = piece(2)._replace(piece=70000)  # beyond usage_rated.piece's smallint
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange):
+        write_usage(conn, [snap("S1", 3, 100), piece(1), bad])
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM usage_rated").fetchone()[0] == 0
+    assert hourly(conn) == {}
+    assert write_usage(conn, [snap("S1", 3, 100), piece(1)]) == (1, 1)
+    assert hourly(conn) == from_rows(conn)
