@@ -11,7 +11,12 @@ COPY portal_api portal_api
 COPY sql sql
 COPY examples examples
 COPY deploy deploy
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 ispstream \
+COPY setup.py ./
+# The compiler only while installing: setup.py compiles the usage flow's hot modules.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install --no-cache-dir . \
+    && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 ispstream \
     && mkdir -p /var/lib/ispstream && chown ispstream /var/lib/ispstream
 USER ispstream
 ENV ISPSTREAM_SPOOL_DIR=/var/lib/ispstream/spool \

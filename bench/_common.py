@@ -161,6 +161,9 @@ def machine_info() -> dict:
         info["udp_rmem_default"] = int(Path("/proc/sys/net/core/rmem_default").read_text())
     except OSError:
         pass
+    from rating._compiled import status  # how the usage flow's hot modules ran
+
+    info["hot_modules"] = sorted(set(status().values()))
     return info
 
 

@@ -123,6 +123,13 @@ def cmd_flow_usage(args: argparse.Namespace) -> int:
     return run_usage(get_settings(), workers=args.workers)
 
 
+def cmd_compiled(args: argparse.Namespace) -> int:
+    """How each hot module runs (compiled or Python); --check: 1 if a build is stale."""
+    from rating._compiled import main as compiled
+
+    return compiled(["--check"] if args.check else [])
+
+
 def cmd_flow_enforce(args: argparse.Namespace) -> int:
     """Run the enforce dataflow (Bytewax): actions -> CoA / Disconnect, with recovery."""
     from pipelines.enforce import main as run_enforce
@@ -251,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--interim", type=float, default=10.0, help="seconds between interims")
     s.add_argument("--duration", type=float, default=0, help="seconds; 0 = until Ctrl-C")
     s.set_defaults(func=cmd_simulate_nas)
+
+    s = sub.add_parser("compiled", help="which hot modules run compiled (setup.py builds "
+                       "them when it can; ISPSTREAM_PURE_PYTHON=1 runs them as Python)")
+    s.add_argument("--check", action="store_true",
+                   help="exit 1 if a compiled module no longer matches its source")
+    s.set_defaults(func=cmd_compiled)
 
     s = sub.add_parser("schemas", help="write the topics' JSON Schemas")
     s.add_argument("--out", default="docs/schemas")

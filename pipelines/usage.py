@@ -40,6 +40,7 @@ from pipelines.runtime import (consumer_error_letter, dead_letter, dead_letter_o
                                kafka_input, kafka_output, run, stateful_apply,
                                steps_with_state)
 from pipelines.sinks import UsageDbSink
+from rating._compiled import status as compiled_status
 from rating.policies import QuotaAction
 from rating.shards import SubscriberShard, shard_of
 from rating.sessions import AcctRecord, NasState, SessionDelta, event_time, total
@@ -333,6 +334,10 @@ def main(settings: Settings, workers: int = 1) -> int:
     """Run the usage flow in this process with recovery (resumes where it stopped)."""
     check_recovery_store(settings.recovery_dir, settings.session_shards,
                          settings.rating_shards)
+    how = compiled_status()
+    as_python = sorted(m for m, h in how.items() if h == "python")
+    log.info("usage flow: hot path %s", "compiled" if not as_python else
+             f"running as Python: {', '.join(as_python)} (see `ispstream compiled --check`)")
     catalog = Catalog(settings.dsn(), settings.inventory_refresh_s)
     try:
         return run(build_flow(settings, catalog=catalog), settings, settings.recovery_dir,

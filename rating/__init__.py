@@ -3,8 +3,13 @@ quota and overage (``tariff``), quota policies and the actions they cause (``pol
 rating state per subscriber shard (``shards``), billing cycles (``cycles``), money
 rounding (``money``); snapshots that cost what changed (``snapshots``).
 
-No I/O, no clock, no stream framework: data in, data out.
+No I/O, no clock, no stream framework: data in, data out. (The hot modules may run as
+compiled builds of the same source: ``rating._compiled``.)
 """
+
+from rating._compiled import use_matching_builds
+
+use_matching_builds(__name__, __path__[0])  # before the modules below are imported
 
 from rating.cycles import Cycle, cycle_at
 from rating.money import overage_charge, round_money

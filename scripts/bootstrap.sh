@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql postgresql-contrib freeradius freeradius-utils freeradius-rest snmpd snmp snmptrapd prometheus-snmp-exporter)
+APT_PACKAGES=(postgresql postgresql-contrib freeradius freeradius-utils freeradius-rest snmpd snmp snmptrapd prometheus-snmp-exporter
+              gcc python3-dev)  # the compiler and headers for the compiled hot modules (setup.py)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
@@ -36,7 +37,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.ispstream-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# Reinstall when the dependencies changed, or when a compiled hot module no longer
+# matches its source (setup.py compiles them again; until then they run as Python).
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
+    || ! .venv/bin/ispstream compiled --check >/dev/null 2>&1; then
   echo "bootstrap: installing Python dependencies" >&2
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -vE '^(WARNING|\s)' || true
