@@ -58,9 +58,10 @@ def _builds(directory: Path) -> dict[str, Path]:
     return out
 
 
-def stale_builds(package: str, directory: str | Path) -> dict[str, str]:
-    """``{module: reason}`` for the package's compiled modules that must not be imported:
-    their source differs from what was compiled (or ``ISPSTREAM_PURE_PYTHON`` is set)."""
+def stale_builds(directory: str | Path) -> dict[str, str]:
+    """``{module: reason}`` for a package directory's compiled modules that must not be
+    imported: their source differs from what was compiled (or ``ISPSTREAM_PURE_PYTHON``
+    is set)."""
     directory = Path(directory)
     builds = _builds(directory)
     if not builds:
@@ -85,7 +86,7 @@ def stale_builds(package: str, directory: str | Path) -> dict[str, str]:
 def use_matching_builds(package: str, directory: str | Path) -> None:
     """Make the package's stale compiled modules import from their ``.py`` (call from
     the package's ``__init__``, before it imports them)."""
-    stale = stale_builds(package, directory)
+    stale = stale_builds(directory)
     if not stale:
         return
     sources = {f"{package}.{m}": str(Path(directory) / f"{m}.py") for m in stale}
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = importlib.util.find_spec(package)
             for directory in spec.submodule_search_locations or ():
                 stale.update({f"{package}.{m}": why
-                              for m, why in stale_builds(package, directory).items()
+                              for m, why in stale_builds(directory).items()
                               if why != f"{PURE_ENV} is set"})
         for name, why in sorted(stale.items()):
             print(f"{name}: {why}")
