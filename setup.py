@@ -9,7 +9,6 @@ so a build that no longer matches its source is never imported (``rating._compil
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import sys
@@ -58,7 +57,7 @@ class OptionalBuildExt(build_ext):
         package, module = ext.name.rsplit(".", 1)
         self._dirs.add(Path(self.get_ext_fullpath(ext.name)).parent)
         self._built.setdefault(package, {})[module] = \
-            hashlib.sha256(_source(ext.name).read_bytes()).hexdigest()
+            _compiled.source_hash(_source(ext.name))
 
 
 def _extensions() -> list:

@@ -49,53 +49,45 @@ class _SourceFinder:
                                                                                   source)
 
 
-def _builds(directory: Path) -> dict[str, Path]:
-    """Module name (last part) -> compiled file, for the builds in ``directory``."""
-    out = {}
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        for f in directory.glob(f"*{suffix}"):
-            out.setdefault(f.name[: -len(suffix)], f)
-    return out
+def _builds(directory: Path) -> set[str]:
+    """Names (last part) of the modules in ``directory`` with a build beside their
+    ``.py``."""
+    return {f.name[: -len(suffix)] for suffix in importlib.machinery.EXTENSION_SUFFIXES
+            for f in directory.glob(f"*{suffix}")
+            if (directory / f"{f.name[: -len(suffix)]}.py").exists()}
 
 
-def stale_builds(directory: str | Path) -> dict[str, str]:
-    """``{module: reason}`` for a package directory's compiled modules that must not be
-    imported: their source differs from what was compiled (or ``ISPSTREAM_PURE_PYTHON``
-    is set)."""
+def stale_builds(directory: str | Path) -> list[str]:
+    """The modules in a package directory whose build must not be imported: their
+    source differs from what was compiled (or there is no record of it)."""
     directory = Path(directory)
     builds = _builds(directory)
     if not builds:
-        return {}
+        return []
     try:
         built = json.loads((directory / MANIFEST).read_text())
     except (OSError, ValueError):
         built = {}
-    pure = os.environ.get(PURE_ENV, "") not in ("", "0")
-    out = {}
-    for mod in builds:
-        py = directory / f"{mod}.py"
-        if not py.exists():
-            continue
-        if pure:
-            out[mod] = f"{PURE_ENV} is set"
-        elif built.get(mod) != source_hash(py):
-            out[mod] = "its source changed since it was compiled"
-    return out
+    return sorted(m for m in builds
+                  if built.get(m) != source_hash(directory / f"{m}.py"))
 
 
 def use_matching_builds(package: str, directory: str | Path) -> None:
-    """Make the package's stale compiled modules import from their ``.py`` (call from
-    the package's ``__init__``, before it imports them)."""
-    stale = stale_builds(directory)
-    if not stale:
-        return
-    sources = {f"{package}.{m}": str(Path(directory) / f"{m}.py") for m in stale}
-    sys.meta_path.insert(0, _SourceFinder(sources))
-    changed = sorted(m for m, why in stale.items() if why != f"{PURE_ENV} is set")
-    if changed:
-        log.warning("%s: compiled %s not used, its source changed since it was built "
-                    "(rebuild: make bootstrap); running it as Python",
-                    package, ", ".join(changed))
+    """Make the package's stale compiled modules (all of them with
+    ``ISPSTREAM_PURE_PYTHON=1``) import from their ``.py``; call from the package's
+    ``__init__``, before it imports them."""
+    directory = Path(directory)
+    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+        modules = sorted(_builds(directory))
+    else:
+        modules = stale_builds(directory)
+        if modules:
+            log.warning("%s: compiled %s not used, its source changed since it was built "
+                        "(rebuild: make bootstrap); running it as Python",
+                        package, ", ".join(modules))
+    if modules:
+        sys.meta_path.insert(0, _SourceFinder(
+            {f"{package}.{m}": str(directory / f"{m}.py") for m in modules}))
 
 
 def status() -> dict[str, str]:
@@ -110,15 +102,13 @@ def status() -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--check" in argv:
-        stale = {}
+        stale = []
         for package in sorted({n.split(".")[0] for n in HOT}):
             spec = importlib.util.find_spec(package)
             for directory in spec.submodule_search_locations or ():
-                stale.update({f"{package}.{m}": why
-                              for m, why in stale_builds(directory).items()
-                              if why != f"{PURE_ENV} is set"})
-        for name, why in sorted(stale.items()):
-            print(f"{name}: {why}")
+                stale += [f"{package}.{m}" for m in stale_builds(directory)]
+        for name in stale:
+            print(f"{name}: its source changed since it was compiled")
         return 1 if stale else 0
     for name, how in status().items():
         print(f"{name}: {how}")
